@@ -1,0 +1,239 @@
+"""Safetensors checkpoints (one file or shards) into a Starcoder2 built on the meta device.
+
+Tensors are read with plain file reads, not memory-mapped: each one is converted to the target dtype in
+small chunks straight into its final place, so peak memory stays near the size of the *converted* model
+even when the file is fp32 (mapped pages would count as resident and double the peak). Pickled `*.bin`
+checkpoints are refused: loading them runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from torch import nn
+
+from .attention import select_backend
+from .config import ModelConfig
+from .device import resolve_device, resolve_dtype
+from .errors import CheckpointError
+from .model import Starcoder2
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+CHUNK_BYTES = 32 << 20
+MAX_HEADER_BYTES = 100 << 20
+# Buffers some older exports saved next to the weights; they are recomputed, never loaded.
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offsets in the file
+    end: int
+    path: Path
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Parse and check a safetensors header, so that a truncated or corrupt file fails before any read."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(
+                    f"{path}: not a valid safetensors file (truncated or corrupt header); delete and re-download it"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: corrupt safetensors header; delete and re-download it") from None
+    return {
+        name: _entry(path, name, info, 8 + n, size) for name, info in header.items() if name != "__metadata__"
+    }
+
+
+def _entry(path: Path, name: str, info: object, data_start: int, size: int) -> TensorEntry:
+    try:
+        dtype_name, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{path}: corrupt header entry for tensor {name}") from None
+    if dtype_name not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name} has dtype {dtype_name}; expected a float type")
+    dtype = SAFETENSORS_DTYPES[dtype_name]
+    if end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
+        raise CheckpointError(f"{path}: corrupt header: tensor {name}'s byte range does not match its shape")
+    if data_start + end > size:
+        raise CheckpointError(
+            f"{path}: truncated (tensor {name} ends at byte {data_start + end:,}, the file has {size:,}); "
+            "delete and re-download it"
+        )
+    return TensorEntry(name, dtype, shape, data_start + begin, data_start + end, path)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: the shards named by the index, or the single file."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: unreadable shard index ({e})") from None
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{f}: shard named in {index.name} is missing; re-download the model")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(folder.glob("*.safetensors"))
+    if others:
+        return others
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise CheckpointError(
+            f"{folder}: only pickled *.bin weights here; sc2 loads safetensors only (pickles can run code). "
+            "Use a revision with model.safetensors"
+        )
+    raise CheckpointError(f"{folder}: no model.safetensors (or shard index) in this folder")
+
+
+def checkpoint_entries(files: Iterable[Path]) -> dict[str, TensorEntry]:
+    entries: dict[str, TensorEntry] = {}
+    for path in files:
+        for name, entry in read_header(path).items():
+            if name in entries:
+                raise CheckpointError(f"{path}: tensor {name} also stored in {entries[name].path.name}")
+            entries[name] = entry
+    return entries
+
+
+def match_parameters(model: nn.Module, entries: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
+    """Pair every parameter with its tensor, or say which tensor is missing, unexpected or mis-shaped."""
+    params = dict(model.named_parameters())  # a tied lm_head is listed once, as the embedding
+    tied_head = "lm_head.weight" not in params
+    missing = [n for n in params if n not in entries]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        where = ", ".join(sorted({e.path.name for e in entries.values()})) or "the checkpoint"
+        raise CheckpointError(f"missing tensor {missing[0]}{more} in {where}")
+    for name, entry in entries.items():
+        if name in params or name.endswith(IGNORED_SUFFIXES) or (tied_head and name == "lm_head.weight"):
+            continue
+        raise CheckpointError(f"{entry.path}: unexpected tensor {name} (not part of a StarCoder2 model)")
+    for name, param in params.items():
+        if tuple(param.shape) != entries[name].shape:
+            raise CheckpointError(
+                f"{entries[name].path}: tensor {name} has shape {list(entries[name].shape)}, "
+                f"but config.json implies {list(param.shape)}"
+            )
+    return {name: entries[name] for name in params}
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    """A writable view of a contiguous CPU tensor's memory, for `readinto` (no numpy needed)."""
+    return memoryview((ctypes.c_ubyte * t.nbytes).from_address(t.data_ptr())).cast("B")
+
+
+def _read_exact(f: BinaryIO, view: memoryview, entry: TensorEntry) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise CheckpointError(f"{entry.path}: truncated while reading {entry.name}; delete and re-download it")
+        done += n
+
+
+def read_tensor_into(f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, staging: torch.Tensor, tick) -> None:
+    """Fill `dest` with `entry`, converting dtype chunk by chunk through `staging` (uint8, CPU)."""
+    f.seek(entry.begin)
+    if dest.dtype == entry.dtype and dest.device.type == "cpu" and dest.is_contiguous():
+        _read_exact(f, _as_bytes(dest), entry)
+        tick(entry.end - entry.begin)
+        return
+    flat = dest.view(-1)
+    itemsize = entry.dtype.itemsize
+    step = (staging.numel() // itemsize) * itemsize
+    for offset in range(0, entry.end - entry.begin, step):
+        n = min(step, entry.end - entry.begin - offset)
+        _read_exact(f, _as_bytes(staging)[:n], entry)
+        flat[offset // itemsize : (offset + n) // itemsize].copy_(staging[:n].view(entry.dtype))
+        tick(n)
+
+
+def load_weights(
+    model: Starcoder2,
+    files: list[Path],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+) -> None:
+    """Replace the meta parameters of `model` by the checkpoint's tensors, in `dtype` on `device`."""
+    plan = match_parameters(model, checkpoint_entries(files))
+    total = sum(e.end - e.begin for e in plan.values())
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    staging = torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    by_file: dict[Path, list[str]] = {}
+    for name, entry in sorted(plan.items(), key=lambda item: item[1].begin):
+        by_file.setdefault(entry.path, []).append(name)
+    for path, names in by_file.items():
+        with open(path, "rb") as f:
+            for name in names:
+                dest = torch.empty(plan[name].shape, dtype=dtype, device=device)
+                read_tensor_into(f, plan[name], dest, staging, tick)
+                set_parameter(model, name, dest)
+    model.tie_weights()
+
+
+def set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    setattr(owner, attr, nn.Parameter(value, requires_grad=False))
+
+
+def load_checkpoint(
+    folder: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn: str = "auto",
+    progress: Progress | None = None,
+) -> Starcoder2:
+    """Build the model described by `folder/config.json` and load its safetensors weights."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder")
+    config = ModelConfig.from_file(folder / "config.json")
+    files = checkpoint_files(folder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    backend = select_backend(attn, device, dtype)
+    with torch.device("meta"):
+        model = Starcoder2(config, attn=backend)
+    load_weights(model, files, device=device, dtype=dtype, progress=progress)
+    model.checkpoint_dir = folder
+    return model.eval()
