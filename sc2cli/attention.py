@@ -42,7 +42,9 @@ def first_visible_key(q_start: int, window: int | None) -> int:
     return max(0, q_start - window + 1) if window else 0
 
 
-def visibility(q_start: int, length: int, k_start: int, window: int | None, device: torch.device) -> Visibility:
+def visibility(
+    q_start: int, length: int, k_start: int, window: int | None, device: torch.device
+) -> Visibility:
     """The mask for queries `[q_start, q_start+length)` over keys `[k_start, q_start+length)`."""
     if length == 1 and k_start >= first_visible_key(q_start, window):
         return Visibility(q_start, k_start, window, causal=False, mask=None)  # one query sees every key given
@@ -94,7 +96,11 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visi
     return out.transpose(1, 2)
 
 
-_FUNCTIONS: dict[str, AttentionFn] = {"eager": eager_attention, "sdpa": sdpa_attention, "flash": flash_attention}
+_FUNCTIONS: dict[str, AttentionFn] = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+    "flash": flash_attention,
+}
 
 
 def flash_available() -> bool:

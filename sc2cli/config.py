@@ -62,7 +62,9 @@ class ModelConfig:
         if "rope_theta" not in values and isinstance(rope, dict) and "rope_theta" in rope:
             values["rope_theta"] = rope["rope_theta"]
         if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise CheckpointError(f"{source}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported")
+            raise CheckpointError(
+                f"{source}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported"
+            )
         if isinstance(values.get("eos_token_id"), list):
             values["eos_token_id"] = values["eos_token_id"][0]
         names = {f.name for f in dataclasses.fields(cls)}
@@ -78,7 +80,9 @@ class ModelConfig:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise CheckpointError(f"{path.parent}: no config.json here; is this a StarCoder2 checkpoint?") from None
+            raise CheckpointError(
+                f"{path.parent}: no config.json here; is this a StarCoder2 checkpoint?"
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: cannot read config.json ({e})") from None
         if not isinstance(raw, dict):

@@ -33,7 +33,13 @@ class KVCache:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.max_length = max_length or config.max_position_embeddings
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, self.max_length, config.head_dim)
+        shape = (
+            config.num_hidden_layers,
+            batch_size,
+            config.num_key_value_heads,
+            self.max_length,
+            config.head_dim,
+        )
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, n_kv, max_length, hd)
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0

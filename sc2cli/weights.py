@@ -25,7 +25,12 @@ from .device import resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .model import Starcoder2
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
 CHUNK_BYTES = 32 << 20
 MAX_HEADER_BYTES = 100 << 20
 # Buffers some older exports saved next to the weights; they are recomputed, never loaded.
@@ -156,11 +161,15 @@ def _read_exact(f: BinaryIO, view: memoryview, entry: TensorEntry) -> None:
     while done < len(view):
         n = f.readinto(view[done:])
         if not n:
-            raise CheckpointError(f"{entry.path}: truncated while reading {entry.name}; delete and re-download it")
+            raise CheckpointError(
+                f"{entry.path}: truncated while reading {entry.name}; delete and re-download it"
+            )
         done += n
 
 
-def read_tensor_into(f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, staging: torch.Tensor, tick) -> None:
+def read_tensor_into(
+    f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, staging: torch.Tensor, tick
+) -> None:
     """Fill `dest` with `entry`, converting dtype chunk by chunk through `staging` (uint8, CPU)."""
     f.seek(entry.begin)
     if dest.dtype == entry.dtype and dest.device.type == "cpu" and dest.is_contiguous():

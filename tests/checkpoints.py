@@ -1,0 +1,101 @@
+"""Tiny random StarCoder2 checkpoints, written the two ways they exist in the wild: by transformers'
+`save_pretrained` (newer config layout) and as the bigcode repos publish them (top-level `rope_theta`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+TINY: dict[str, Any] = {
+    "model_type": "starcoder2",
+    "vocab_size": 96,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "norm_epsilon": 1e-5,
+    "rope_theta": 10000.0,
+    "sliding_window": None,
+    "use_bias": True,
+    "hidden_act": "gelu_pytorch_tanh",
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+
+
+def hub_config(**overrides: Any) -> dict[str, Any]:
+    """A config.json dict in the bigcode layout, with leftover keys as the real files have."""
+    return {
+        "architectures": ["Starcoder2ForCausalLM"],
+        "attention_dropout": 0.1,
+        "residual_dropout": 0.1,
+        "embedding_dropout": 0.1,
+        "activation_function": "gelu",
+        "initializer_range": 0.02,
+        "torch_dtype": "float32",
+        **TINY,
+        **overrides,
+    }
+
+
+def reference_model(config: dict[str, Any], seed: int = 0):
+    """transformers' Starcoder2ForCausalLM with every parameter (biases and norms included) random."""
+    import transformers
+    from transformers import Starcoder2Config, Starcoder2ForCausalLM
+
+    hf_keys = {k: v for k, v in config.items() if k not in ("rope_theta", "torch_dtype", "architectures")}
+    hf_keys.setdefault("tie_word_embeddings", True)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        hf_keys["rope_parameters"] = {"rope_type": "default", "rope_theta": config["rope_theta"]}
+    else:
+        hf_keys["rope_theta"] = config["rope_theta"]
+    hf_config = Starcoder2Config(**hf_keys)
+    torch.manual_seed(seed)
+    model = Starcoder2ForCausalLM(hf_config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.08 * torch.randn_like(p))
+    return model
+
+
+def state_dict_of(model, tied: bool) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if tied:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def write_hub_checkpoint(
+    folder: Path,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype = torch.float32,
+    shards: int = 1,
+) -> Path:
+    """config.json + model.safetensors (or `shards` files and an index), as the hub repos hold them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.to(dtype) for k, v in state.items()}
+    if shards == 1:
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        return folder
+    names = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n] for n in part}, folder / fname, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+    index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder
