@@ -99,3 +99,63 @@ def write_hub_checkpoint(
     index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>", "<file_sep>",
+]  # fmt: skip
+SAMPLE_CODE = '''import os
+import sys
+
+
+def add(a, b):
+    """Return the sum of a and b."""
+    return a + b
+
+
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+
+    def increment(self, step=1):
+        self.value += step
+        return self.value
+
+
+if __name__ == "__main__":
+    print(add(1, 2), Counter().increment())
+    for i in range(10):
+        print(i, "ünïcödé ✓ 日本語")
+'''
+
+
+def write_test_tokenizer(folder: Path, vocab_size: int = 300) -> Path:
+    """A small byte-level BPE with StarCoder2's control tokens first (ids 0-6), as the real one is built."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([SAMPLE_CODE] * 4, trainer=trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def write_tiny_model(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
+    """A random checkpoint with a working tokenizer: enough for end-to-end CLI runs."""
+    path = write_test_tokenizer(folder)
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(path)).get_vocab_size()
+    config = hub_config(vocab_size=vocab, max_position_embeddings=1024, sliding_window=64, **overrides)
+    ref = reference_model(config, seed=seed)
+    return write_hub_checkpoint(folder, config, state_dict_of(ref, config.get("tie_word_embeddings", True)))

@@ -1,0 +1,312 @@
+"""Cursor positions and the fill-in-the-middle prompt StarCoder2 was trained on, as pure functions.
+
+The repository format: `<repo_name>{repo}<file_sep>{path}\\n{code}...<file_sep><fim_prefix>{path}\\n{prefix}
+<fim_suffix>{suffix}<fim_middle>`; without metadata the repo name and paths are dropped; with no path and
+no context files it is the plain `<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>`. Control tokens
+are `Piece(control=True)` and are added by id; everything else is tokenized as plain text.
+
+The prompt is laid out so its start stays stable while the user edits near the cursor (a warm server
+then reuses the cached start): context files first, in the given order, with a budget that moves in
+coarse steps; the prefix trimmed from the top at line numbers that are multiples of `SNAP_LINES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import InputError
+from .tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
+
+SNAP_LINES = 32  # the prefix's first kept line is a multiple of this (stable prompt start under edits)
+CONTEXT_QUANTUM = 256  # context files get a budget that moves in steps of this many tokens
+SUFFIX_SHARE = 4  # when both don't fit, the suffix gets at least 1/SUFFIX_SHARE of the room
+
+
+# ------------------------------------------------------------------------------------------------ cursor
+
+
+@dataclass(frozen=True)
+class Location:
+    """`FILE:LINE[:COL]` from the command line; LINE and COL are 1-based, COL None means end of line."""
+
+    path: str
+    line: int
+    column: int | None = None
+
+
+_LOCATION = re.compile(r"^(?P<path>.+?):(?P<line>\d+)(?::(?P<col>\d+))?$", re.DOTALL)
+
+
+def parse_location(spec: str) -> Location:
+    match = _LOCATION.match(spec)
+    if not match:
+        raise InputError(f"{spec!r}: expected FILE:LINE or FILE:LINE:COL (LINE and COL count from 1)")
+    line, col = int(match["line"]), match["col"]
+    if line < 1 or (col is not None and int(col) < 1):
+        raise InputError(f"{spec!r}: LINE and COL count from 1")
+    return Location(match["path"], line, int(col) if col is not None else None)
+
+
+def line_count(text: str) -> int:
+    """Lines as an editor counts them: a final newline ends the last line rather than starting one."""
+    if not text:
+        return 0
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+def cursor_offset(
+    text: str, line: int, column: int | None, *, byte_column: bool = False, name: str = "file"
+) -> int:
+    """The character offset of a 1-based LINE:COL cursor (before the COL-th character, or before the
+    COL-th byte of the line's UTF-8 with `byte_column`). No COL: the end of the line's text."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    if line > len(starts):
+        raise InputError(f"line {line} is past the end of {name} ({line_count(text)} lines)")
+    start = starts[line - 1]
+    end = starts[line] - 1 if line < len(starts) else len(text)
+    line_text = text[start:end].removesuffix("\r")
+    if column is None:
+        return start + len(line_text)
+    if byte_column:
+        encoded = line_text.encode("utf-8")
+        if column > len(encoded) + 1:
+            raise InputError(
+                f"byte column {column} is past the end of line {line} of {name} ({len(encoded)} bytes)"
+            )
+        try:
+            return start + len(encoded[: column - 1].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(
+                f"byte column {column} of line {line} of {name} is inside a multi-byte character"
+            ) from None
+    if column > len(line_text) + 1:
+        raise InputError(
+            f"column {column} is past the end of line {line} of {name} ({len(line_text)} characters)"
+        )
+    return start + column - 1
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    control: bool = False
+
+
+@dataclass(frozen=True)
+class Document:
+    """A file given as context: its path relative to the repository root, and its text."""
+
+    path: str
+    text: str
+
+
+@dataclass(frozen=True)
+class FimTask:
+    prefix: str
+    suffix: str
+    path: str | None = None  # the completed file's path, relative to the repository root
+    repo: str | None = None
+    context: tuple[Document, ...] = ()
+    metadata: bool = True
+
+    @property
+    def repository_format(self) -> bool:
+        return self.path is not None or bool(self.context)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.prefix or self.suffix or self.context or self.path)
+
+
+def _control(name: str) -> Piece:
+    return Piece(name, control=True)
+
+
+def layout(task: FimTask) -> list[Piece]:
+    """The untrimmed prompt."""
+    if not task.repository_format:
+        return [
+            _control(FIM_PREFIX),
+            Piece(task.prefix),
+            _control(FIM_SUFFIX),
+            Piece(task.suffix),
+            _control(FIM_MIDDLE),
+        ]
+    pieces: list[Piece] = []
+    if task.metadata and task.repo:
+        pieces += [_control(REPO_NAME), Piece(task.repo)]
+    for doc in task.context:
+        pieces += [_control(FILE_SEP), Piece(f"{doc.path}\n{doc.text}" if task.metadata else doc.text)]
+    head = f"{task.path}\n" if task.metadata and task.path is not None else ""
+    pieces += [_control(FILE_SEP), _control(FIM_PREFIX), Piece(head + task.prefix)]
+    pieces += [_control(FIM_SUFFIX), Piece(task.suffix), _control(FIM_MIDDLE)]
+    return pieces
+
+
+def render(pieces: Sequence[Piece]) -> str:
+    """The prompt as text, control tokens spelled out (for --show-prompt)."""
+    return "".join(p.text for p in pieces)
+
+
+# ------------------------------------------------------------------------------------------------ budget
+
+
+class Encoder(Protocol):
+    special: dict[str, int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_lines(self, lines: Sequence[str]) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Tokens dropped to fit the budget, per part."""
+
+    prefix: int = 0
+    suffix: int = 0
+    context: int = 0
+
+    def any(self) -> bool:
+        return bool(self.prefix or self.suffix or self.context)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    pieces: tuple[Piece, ...]
+    ids: tuple[int, ...]
+    task: FimTask  # what was kept, after trimming
+    truncated: Truncation = field(default_factory=Truncation)
+
+    @property
+    def text(self) -> str:
+        return render(self.pieces)
+
+
+def encode_pieces(pieces: Sequence[Piece], encoder: Encoder) -> list[int]:
+    ids: list[int] = []
+    for piece in pieces:
+        ids += [encoder.special[piece.text]] if piece.control else encoder.encode(piece.text)
+    return ids
+
+
+def build_prompt(task: FimTask, encoder: Encoder, budget: int | None = None) -> Prompt:
+    """The prompt for `task`, trimmed so it has at most `budget` tokens: whole lines farthest from the
+    cursor go first, most of the room goes to the prefix, context files fill what remains."""
+    if task.empty:
+        raise InputError("empty prompt: nothing before or after the cursor, no path and no context")
+    ids = encode_pieces(layout(task), encoder)
+    if budget is None or len(ids) <= budget:
+        return Prompt(tuple(layout(task)), tuple(ids), task)
+    kept = _fit(task, encoder, budget)
+    pieces = layout(kept)
+    ids = encode_pieces(pieces, encoder)
+    while len(ids) > budget:  # the per-line estimate was short by a few tokens: drop one more line
+        kept = _shave(kept, task, budget)
+        pieces = layout(kept)
+        ids = encode_pieces(pieces, encoder)
+    return Prompt(tuple(pieces), tuple(ids), kept, _dropped(task, kept, encoder))
+
+
+def _fit(task: FimTask, encoder: Encoder, budget: int) -> FimTask:
+    fixed = len(encode_pieces(layout(FimTask("", "", task.path, task.repo, (), task.metadata)), encoder))
+    room = budget - fixed
+    if room < 1:
+        raise InputError(f"the prompt budget of {budget} tokens cannot hold even the file's path; raise it")
+    prefix_lines = task.prefix.splitlines(keepends=True) or [""]
+    suffix_lines = task.suffix.splitlines(keepends=True)
+    p_counts, s_counts = encoder.encode_lines(prefix_lines), encoder.encode_lines(suffix_lines)
+    p_need, s_need = sum(p_counts), sum(s_counts)
+    if p_need + s_need <= room:
+        prefix, suffix = task.prefix, task.suffix
+        used = p_need + s_need
+    else:
+        s_room = min(s_need, max(room // SUFFIX_SHARE, room - p_need))
+        kept_suffix = _take_from_start(s_counts, s_room)
+        suffix = "".join(suffix_lines[:kept_suffix])
+        s_used = sum(s_counts[:kept_suffix])
+        prefix, p_used = _trim_prefix(prefix_lines, p_counts, room - s_used, encoder)
+        used = p_used + s_used
+    context_room = room - -(-used // CONTEXT_QUANTUM) * CONTEXT_QUANTUM  # room minus `used` rounded up
+    context = _fit_context(task, encoder, context_room)
+    return FimTask(prefix, suffix, task.path, task.repo, context, task.metadata)
+
+
+def _take_from_start(counts: Sequence[int], room: int) -> int:
+    """How many leading items fit in `room`."""
+    total = 0
+    for i, c in enumerate(counts):
+        if total + c > room:
+            return i
+        total += c
+    return len(counts)
+
+
+def _trim_prefix(lines: list[str], counts: list[int], room: int, encoder: Encoder) -> tuple[str, int]:
+    """Drop lines from the top, at a multiple of SNAP_LINES where possible, to fit `room` tokens."""
+    tail = [0] * (len(counts) + 1)  # tail[i] = tokens of lines[i:]
+    for i in range(len(counts) - 1, -1, -1):
+        tail[i] = tail[i + 1] + counts[i]
+    last = len(lines) - 1  # the cursor's line is always kept, in part if need be
+    for start in [*range(0, last + 1, SNAP_LINES), *range(last + 1)]:
+        if tail[start] <= room:
+            return "".join(lines[start:]), tail[start]
+    line = lines[last]
+    while line and len(encoder.encode(line)) > room:  # one enormous line: keep its end
+        line = line[max(1, len(line) // 10) :]
+    return line, len(encoder.encode(line))
+
+
+def _fit_context(task: FimTask, encoder: Encoder, room: int) -> tuple[Document, ...]:
+    kept: list[Document] = []
+    for doc in task.context:
+        header = 1 + len(encoder.encode(f"{doc.path}\n" if task.metadata else ""))
+        lines = doc.text.splitlines(keepends=True)
+        counts = encoder.encode_lines(lines)
+        if header + sum(counts) <= room:
+            kept.append(doc)
+            room -= header + sum(counts)
+            continue
+        n = _take_from_start(counts, room - header) // SNAP_LINES * SNAP_LINES
+        if n:
+            kept.append(Document(doc.path, "".join(lines[:n])))
+        break
+    return tuple(kept)
+
+
+def _shave(kept: FimTask, original: FimTask, budget: int) -> FimTask:
+    """Drop one more line: from the context's end, else the suffix's end, else the prefix's top."""
+    if kept.context:
+        last = kept.context[-1]
+        lines = last.text.splitlines(keepends=True)
+        context = kept.context[:-1] + ((Document(last.path, "".join(lines[:-1])),) if len(lines) > 1 else ())
+        return FimTask(kept.prefix, kept.suffix, kept.path, kept.repo, context, kept.metadata)
+    suffix_lines = kept.suffix.splitlines(keepends=True)
+    if suffix_lines:
+        return FimTask(kept.prefix, "".join(suffix_lines[:-1]), kept.path, kept.repo, (), kept.metadata)
+    prefix_lines = kept.prefix.splitlines(keepends=True)
+    prefix = (
+        "".join(prefix_lines[1:]) if len(prefix_lines) > 1 else kept.prefix[max(1, len(kept.prefix) // 10) :]
+    )
+    if not prefix and not kept.prefix:
+        raise InputError(f"the prompt budget of {budget} tokens is too small; raise it")
+    return FimTask(prefix, kept.suffix, kept.path, kept.repo, (), kept.metadata)
+
+
+def _dropped(task: FimTask, kept: FimTask, encoder: Encoder) -> Truncation:
+    def tokens(text: str) -> int:
+        return len(encoder.encode(text))
+
+    full_context = sum(tokens(d.text) for d in task.context)
+    kept_context = sum(tokens(d.text) for d in kept.context)
+    return Truncation(
+        prefix=tokens(task.prefix) - tokens(kept.prefix),
+        suffix=tokens(task.suffix) - tokens(kept.suffix),
+        context=full_context - kept_context,
+    )

@@ -1,0 +1,24 @@
+"""Every test runs with its own config folder and Hugging Face cache, and never reaches the network."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("SC2_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing reaches the real hub
+    for name in (
+        "SC2_MODEL",
+        "SC2_DEVICE",
+        "SC2_DTYPE",
+        "SC2_ATTN",
+        "SC2_MAX_TOKENS",
+        "SC2_PROMPT_BUDGET",
+        "SC2_OFFLINE",
+    ):
+        monkeypatch.delenv(name, raising=False)
