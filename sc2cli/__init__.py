@@ -22,16 +22,29 @@ if TYPE_CHECKING:
 def load_model(
     source: str | Path,
     *,
+    revision: str | None = None,
+    offline: bool | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     attn: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    download_progress: Callable[[int, int], None] | None = None,
 ) -> Starcoder2:
-    """Load a StarCoder2 checkpoint folder into our model, ready for `model(input_ids)`.
+    """Load a StarCoder2 checkpoint into our model, ready for `model(input_ids)`.
 
+    `source`: a checkpoint folder, a hub repo id (`bigcode/starcoder2-7b` or a fine-tune) or an alias (3b, 7b,
+    15b, tiny). A hub model comes from the Hugging Face cache, downloaded on first use (`revision`: a branch, tag
+    or commit); `offline=True` (or HF_HUB_OFFLINE=1) never touches the network.
     `device`: auto/None, cpu, cuda, cuda:N, mps. `dtype`: a torch dtype or auto/bf16/fp16/fp32.
-    `attn`: auto, sdpa, flash or eager. `progress(bytes_done, bytes_total)` is called while loading.
+    `attn`: auto, sdpa, flash or eager. `progress(bytes_done, bytes_total)` is called while loading the weights,
+    `download_progress(bytes_done, bytes_total)` while downloading them.
     """
+    from .hub import resolve_model
     from .weights import load_checkpoint
 
-    return load_checkpoint(source, device=device, dtype=dtype, attn=attn, progress=progress)
+    folder = (
+        source
+        if isinstance(source, Path)
+        else resolve_model(source, revision=revision, offline=offline, progress=download_progress)
+    )
+    return load_checkpoint(folder, device=device, dtype=dtype, attn=attn, progress=progress)
