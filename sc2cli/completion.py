@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from .generate import PromptCache, generate
+from .generate import PromptCache, common_prefix, generate
 from .model import Starcoder2
 from .postprocess import Finisher, rules_for
 from .prompt import Prompt
@@ -31,7 +31,7 @@ class Engine:
         name: str,
         default_budget: int,
         load_seconds: float = 0.0,
-        keep_cache: bool = False,
+        cache_slots: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -39,24 +39,42 @@ class Engine:
         self.default_budget = default_budget
         self.load_seconds = load_seconds
         self.limit = model.config.max_position_embeddings
-        self._cache = PromptCache(model) if keep_cache else None
+        self.cache_slots = cache_slots  # prompt caches kept between requests (a warm server); 0: none
+        self._caches: list[PromptCache] = []  # most recently used first
+
+    def _cache_for(self, ids: tuple[int, ...], max_tokens: int) -> PromptCache:
+        """The kept cache sharing the longest prefix with `ids` (a fresh one if none shares any and a slot
+        is free, else the least recently used); without slots, a cache just big enough."""
+        if not self.cache_slots:
+            return PromptCache(self.model, len(ids) + max_tokens)
+        shared = [common_prefix(c.tokens, ids) for c in self._caches]
+        best = max(range(len(shared)), key=shared.__getitem__, default=None)
+        if best is None or (shared[best] == 0 and len(self._caches) < self.cache_slots):
+            cache = PromptCache(self.model, self.limit)  # positions are only touched as they are used
+        else:
+            cache = self._caches.pop(best if shared[best] else -1)
+        self._caches = [cache, *self._caches][: self.cache_slots]
+        return cache
 
     def prompt(self, request: CompletionRequest) -> Prompt:
         return prompt_for(request, self.tokenizer, self.default_budget, self.limit)
 
-    def stream(self, request: CompletionRequest) -> Iterator[dict[str, Any]]:
-        """Events for one completion; stopping the iteration early stops the model."""
+    def stream(
+        self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Events for one completion; stopping the iteration early stops the model, and so does
+        `cancelled()` turning true (checked at every token)."""
         prompt = self.prompt(request)
         finisher = Finisher(rules_for(request.prefix, request.suffix, request.stop, request.raw))
         detokenizer = Detokenizer(self.tokenizer)
-        cache = self._cache or PromptCache(self.model, len(prompt.ids) + request.max_tokens)
+        cache = self._cache_for(prompt.ids, request.max_tokens)
         tokens: list[int] = []
         logprobs: list[float] = []
         started = time.perf_counter()
         first_token_at = None
         steps = generate(
             self.model, prompt.ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
-            stop_ids=self.tokenizer.stop_ids, cache=cache,
+            stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled,
         )  # fmt: skip
         try:
             for step in steps:
@@ -70,11 +88,17 @@ class Engine:
                     break
         finally:
             steps.close()
+        stopped_by_caller = cancelled is not None and not finisher.done and cancelled()
         ended = time.perf_counter()
-        piece = "" if finisher.done else finisher.feed(detokenizer.flush()) + finisher.finish()
+        piece = (
+            ""
+            if finisher.done or stopped_by_caller
+            else finisher.feed(detokenizer.flush()) + finisher.finish()
+        )
         if piece:
             yield {"type": "token", "text": piece.replace("\n", request.eol)}
         reason = finisher.reason or ("max_tokens" if len(tokens) >= request.max_tokens else "eos")
+        reason = "cancelled" if stopped_by_caller else reason
         first_token_at = first_token_at or ended
         yield {
             "type": "done",

@@ -7,7 +7,7 @@ completion ends, timing and printing are layered on top by the caller, which may
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -56,6 +56,16 @@ class Step(NamedTuple):
     logprob: float  # under the model's raw distribution (temperature 1), in fp32
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest shared start of two token sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class PromptCache:
     """A KV cache and the token ids it holds, so a new prompt recomputes only what follows the longest
     common prefix with the previous one."""
@@ -71,10 +81,7 @@ class PromptCache:
 
     def reuse(self, ids: Sequence[int]) -> int:
         """Keep the cached prefix shared with `ids` (all but the last token at most); return its length."""
-        n = 0
-        limit = min(len(self.tokens), len(ids) - 1)
-        while n < limit and self.tokens[n] == ids[n]:
-            n += 1
+        n = min(common_prefix(self.tokens, ids), len(ids) - 1)
         self.kv.truncate(n)
         del self.tokens[n:]
         self.reused = n
@@ -83,11 +90,18 @@ class PromptCache:
 
 @torch.inference_mode()
 def prefill(
-    model: Starcoder2, ids: Sequence[int], cache: PromptCache, chunk: int = PREFILL_CHUNK
-) -> torch.Tensor:
-    """Run `ids` through the model after what the cache holds; return the last position's logits (V,)."""
+    model: Starcoder2,
+    ids: Sequence[int],
+    cache: PromptCache,
+    chunk: int = PREFILL_CHUNK,
+    cancelled: Callable[[], bool] | None = None,
+) -> torch.Tensor | None:
+    """Run `ids` through the model after what the cache holds; return the last position's logits (V,),
+    or None if `cancelled()` turned true between chunks (what was computed stays cached for reuse)."""
     logits = None
     for i in range(0, len(ids), chunk):
+        if cancelled is not None and cancelled():
+            return None
         part = torch.tensor([list(ids[i : i + chunk])], device=model.device)
         logits = model(part, cache.kv, last_only=True)
         cache.tokens += ids[i : i + chunk]
@@ -110,8 +124,10 @@ def generate(
     sampling: Sampling | None = None,
     stop_ids: frozenset[int] = frozenset(),
     cache: PromptCache | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[Step]:
-    """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`."""
+    """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`, or as
+    soon as `cancelled()` turns true (checked between prefill chunks and between tokens)."""
     if not prompt:
         raise InputError("empty prompt")
     room = (cache.max_length if cache else model.config.max_position_embeddings) - len(prompt)
@@ -125,8 +141,10 @@ def generate(
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
-    logits = prefill(model, prompt[reused:], cache)
+    logits = prefill(model, prompt[reused:], cache, cancelled=cancelled)
     for produced in range(1, max_new_tokens + 1):
+        if logits is None or (cancelled is not None and cancelled()):
+            return
         token = choose(logits, sampling, generator)
         if token in stop_ids:
             return
