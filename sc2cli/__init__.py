@@ -27,6 +27,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     attn: str = "auto",
+    quantize: str = "none",
     progress: Callable[[int, int], None] | None = None,
     download_progress: Callable[[int, int], None] | None = None,
 ) -> Starcoder2:
@@ -36,7 +37,7 @@ def load_model(
     15b, tiny). A hub model comes from the Hugging Face cache, downloaded on first use (`revision`: a branch, tag
     or commit); `offline=True` (or HF_HUB_OFFLINE=1) never touches the network.
     `device`: auto/None, cpu, cuda, cuda:N, mps. `dtype`: a torch dtype or auto/bf16/fp16/fp32.
-    `attn`: auto, sdpa, flash or eager. `progress(bytes_done, bytes_total)` is called while loading the weights,
+    `attn`: auto, sdpa, flash or eager. `quantize`: none or int8 (int8 weights; see linear.py). `progress(bytes_done, bytes_total)` is called while loading the weights,
     `download_progress(bytes_done, bytes_total)` while downloading them.
     """
     from .hub import resolve_model
@@ -47,4 +48,6 @@ def load_model(
         if isinstance(source, Path)
         else resolve_model(source, revision=revision, offline=offline, progress=download_progress)
     )
-    return load_checkpoint(folder, device=device, dtype=dtype, attn=attn, progress=progress)
+    return load_checkpoint(
+        folder, device=device, dtype=dtype, attn=attn, quantize=quantize, progress=progress
+    )

@@ -22,7 +22,10 @@ from .tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
 
 SNAP_LINES = 32  # the prefix's first kept line is a multiple of this (stable prompt start under edits)
 CONTEXT_QUANTUM = 256  # context files get a budget that moves in steps of this many tokens
-SUFFIX_SHARE = 4  # when both don't fit, the suffix gets at least 1/SUFFIX_SHARE of the room
+SUFFIX_SHARE = (
+    8  # when both do not fit, the suffix gets 1/SUFFIX_SHARE of the room (more if the prefix is short):
+)
+# what follows the cursor is recomputed after every edit, so a warm server keeps it short
 
 
 # ------------------------------------------------------------------------------------------------ cursor

@@ -23,6 +23,7 @@ from .attention import select_backend
 from .config import ModelConfig
 from .device import resolve_device, resolve_dtype
 from .errors import CheckpointError
+from .linear import QUANTIZATIONS, prepare
 from .model import Starcoder2
 
 SAFETENSORS_DTYPES = {
@@ -230,19 +231,57 @@ def load_checkpoint(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     attn: str = "auto",
+    quantize: str = "none",
     progress: Progress | None = None,
 ) -> Starcoder2:
-    """Build the model described by `folder/config.json` and load its safetensors weights."""
+    """Build the model described by `folder/config.json`, load its safetensors weights and pick the kernels
+    its matrix products run on (`quantize`: none or int8; see linear.py)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such model folder")
     config = ModelConfig.from_file(folder / "config.json")
     files = checkpoint_files(folder)
     device = resolve_device(device)
+    if quantize not in QUANTIZATIONS:
+        raise CheckpointError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
+    if quantize == "int8" and dtype in (None, "", "auto") and device.type == "cpu":
+        dtype = "bf16"  # half the memory while quantizing; what stays unquantized ends in fp32
     dtype = resolve_dtype(dtype, device)
     backend = select_backend(attn, device, dtype)
     with torch.device("meta"):
         model = Starcoder2(config, attn=backend)
     load_weights(model, files, device=device, dtype=dtype, progress=progress)
+    model.kernels = prepare(model, quantize)
     model.checkpoint_dir = folder
     return model.eval()
+
+
+def save_checkpoint(model: Starcoder2, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `config.json` and a single `model.safetensors` (in `dtype`, default the model's), one tensor at
+    a time, so even a 3B model in fp32 is written without a second copy of it in memory."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    params = dict(model.named_parameters())  # a tied lm_head is listed once, as the bigcode files do
+    dtype = dtype or model.dtype
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, p in params.items():
+        size = p.numel() * dtype.itemsize
+        header[name] = {
+            "dtype": names[dtype],
+            "shape": list(p.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    tmp = folder / "model.safetensors.partial"
+    with open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for p in params.values():
+            tensor = p.detach().to("cpu", dtype).contiguous()
+            f.write(_as_bytes(tensor))
+    tmp.replace(folder / "model.safetensors")
+    return folder
