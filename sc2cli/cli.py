@@ -159,6 +159,13 @@ DeviceOpt = Annotated[
     str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_MODEL)
 ]
 DtypeOpt = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.", rich_help_panel=_MODEL)]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="none, or int8: int8 weights, about 2x faster decode on CPUs (embeddings and norms kept).",
+        rich_help_panel=_MODEL,
+    ),
+]
 AttnOpt = Annotated[
     str | None, typer.Option(help="Attention: auto, sdpa, flash or eager.", rich_help_panel=_MODEL)
 ]
@@ -257,7 +264,8 @@ VerboseOpt = Annotated[
 
 def _completion_options(
     model: ModelOpt = None, revision: RevisionOpt = None, offline: OfflineOpt = None, device: DeviceOpt = None,
-    dtype: DtypeOpt = None, attn: AttnOpt = None, max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = 0.0,
+    dtype: DtypeOpt = None, attn: AttnOpt = None, quantize: QuantizeOpt = None, max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = None, top_k: TopKOpt = None, seed: SeedOpt = None, stop: StopOpt = None, raw: RawOpt = False,
     context: ContextOpt = None, repo_name: RepoNameOpt = None, no_metadata: NoMetadataOpt = False,
     budget: BudgetOpt = None, show_prompt: ShowPromptOpt = False, output: FormatOpt = OutputFormat.text,
@@ -351,7 +359,8 @@ def _complete_buffer(buffer: _Buffer, opts: dict) -> None:
 
     settings = load_settings(
         {"model": opts["model"], "device": opts["device"], "dtype": opts["dtype"], "attn": opts["attn"],
-         "max_tokens": opts["max_tokens"], "prompt_budget": opts["budget"], "offline": opts["offline"]}
+         "max_tokens": opts["max_tokens"], "prompt_budget": opts["budget"], "offline": opts["offline"],
+         "quantize": opts["quantize"]}
     )  # fmt: skip
     request = _request(buffer, opts, settings)
     if opts["show_prompt"]:
@@ -457,8 +466,9 @@ def _load_engine(folder: Path, settings, verbose: bool, cache_slots: int = 0):
     started = time.perf_counter()
     with _ProgressBar(f"loading {settings.model}") as progress:
         model = load_checkpoint(
-            folder, device=settings.device, dtype=settings.dtype, attn=settings.attn, progress=progress
-        )
+            folder, device=settings.device, dtype=settings.dtype, attn=settings.attn, quantize=settings.quantize,
+            progress=progress,
+        )  # fmt: skip
     seconds = time.perf_counter() - started
     _note(
         f"loaded {settings.model} ({model.dtype}, {model.attn_backend}, {model.device}) in {seconds:.1f}s",
@@ -758,7 +768,7 @@ def config_file_path() -> None:
 @app.command(rich_help_panel="Server")
 def serve(
     model: ModelOpt = None, revision: RevisionOpt = None, offline: OfflineOpt = None, device: DeviceOpt = None,
-    dtype: DtypeOpt = None, attn: AttnOpt = None,
+    dtype: DtypeOpt = None, attn: AttnOpt = None, quantize: QuantizeOpt = None,
     budget: BudgetOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to share the model.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="TCP port (default 8712, or a free one if it is taken; 0: any).")] = None,
@@ -787,6 +797,7 @@ def serve(
             "attn": attn,
             "prompt_budget": budget,
             "offline": offline,
+            "quantize": quantize,
         }
     )
     key = model_key(settings.model, revision)

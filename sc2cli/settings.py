@@ -38,6 +38,7 @@ class Settings:
     max_tokens: int = 128
     prompt_budget: int | None = None
     offline: bool = False
+    quantize: str = "none"
 
 
 class _Invalid(ValueError):
@@ -108,6 +109,7 @@ KEYS: dict[str, Callable[[object], Any]] = {
     "max_tokens": _whole_number(1),
     "prompt_budget": _parse_prompt_budget,
     "offline": _parse_bool,
+    "quantize": _choice("none", "int8"),
 }
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
 assert set(KEYS) == set(DEFAULTS), "every setting needs a parser"

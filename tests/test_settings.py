@@ -50,6 +50,7 @@ def test_defaults() -> None:
         max_tokens=128,
         prompt_budget=None,
         offline=False,
+        quantize="none",
     )
 
 
@@ -67,6 +68,7 @@ def test_option_beats_environment_beats_file_beats_default(config_dir: Path, mon
         "max_tokens": "option",
         "prompt_budget": "default",
         "offline": "default",
+        "quantize": "default",
     }
 
 
@@ -204,6 +206,7 @@ def test_config_commands(config_dir: Path, capsys, monkeypatch) -> None:
         "max_tokens = 64  (file)",
         "prompt_budget = auto  (default)",
         "offline = false  (default)",
+        "quantize = none  (default)",
     ]
     code, out, _ = run_cli(capsys, "config", "show", "--json")
     assert json.loads(out)["max_tokens"] == 64
