@@ -593,6 +593,14 @@ class _ProgressBar:
         bar.start()
         return bar
 
+    def notice(self, message: str) -> None:
+        """One line from the hub while it works (a file fetched again, a wait for another download): above the
+        bar when there is one, else on stderr."""
+        if self.bar is not None:
+            self.bar.console.print(f"sc2: {message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(f"sc2: {message}", file=sys.stderr)
+
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
@@ -615,14 +623,25 @@ def download(
 ) -> None:
     """Fetch a model into the Hugging Face cache, once; after that sc2 works offline.
 
-    Prints the model's folder. Examples: sc2 download 3b, sc2 download bigcode/starcoder2-7b -r main
+    Prints the model's folder. Interrupted (Ctrl-C), the same command later continues where it stopped.
+    Examples: sc2 download 3b, sc2 download bigcode/starcoder2-7b -r main
     """
     from .hub import download as fetch
+    from .hub import download_command
     from .settings import load_settings
 
     name = model or load_settings().model
-    with _ProgressBar(f"fetching {name}") as progress:
-        folder = fetch(name, revision=revision, force=force, verify=verify, progress=progress)
+    bar = _ProgressBar(f"fetching {name}")
+    try:
+        with bar as progress:
+            folder = fetch(
+                name, revision=revision, force=force, verify=verify, progress=progress, notice=bar.notice
+            )
+    except KeyboardInterrupt:
+        start = "\r" if sys.stderr.isatty() else ""  # over the terminal's ^C
+        again = download_command(name, revision)
+        print(f"{start}sc2: download interrupted; run `{again}` to resume it", file=sys.stderr)
+        raise typer.Exit(130) from None
     print(f"sc2: {name} is ready (commit {folder.name[:12]})", file=sys.stderr)
     print(folder)
 

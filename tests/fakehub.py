@@ -10,8 +10,10 @@ It serves what the client calls, the way the hub answers:
   GET  the same                              the bytes (small files) or the redirect (LFS files)
   GET  {cdn}/{sha256}                        the bytes, with Range requests (206 + Content-Range)
 Errors carry the hub's `X-Error-Code` header (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo), which
-is what the client turns into its exception classes. Every request is logged for the tests to inspect, and a
-file can be made to drop its connection halfway through once, to exercise resumption.
+is what the client turns into its exception classes. Every request is logged, and the CDN counts the bytes it
+sends of each blob, for the tests to inspect. To exercise resumption, the CDN's next answer for a blob can drop
+the connection halfway through (`interrupt`) or stall after byte N until the client hangs up (`stall`), and it
+can ignore Range headers (`honour_ranges = False`), answering 200 with the whole file as some servers do.
 
 `tiny_checkpoint()` writes a random StarCoder2 checkpoint in pure Python: a config.json, safetensors weights
 with the Hugging Face tensor names (one file or shards plus index) and a tokenizer.json.
@@ -22,14 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin")
+STALL_LIMIT = 30.0  # seconds a stalled answer waits for the client to hang up before the server does
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,6 +184,12 @@ class FakeHub:
         self.blobs: dict[str, bytes] = {}  # sha256 -> content, what the CDN serves
         self.requests: list[Request] = []
         self.interrupt_once: set[str] = set()  # sha256 of blobs whose next GET stops halfway
+        self.stall_once: dict[str, int] = {}  # sha256 -> the byte at which the blob's next GET stalls
+        self.honour_ranges = True  # False: the CDN answers every GET with the whole file (200)
+        # sha256 -> bytes of the blob the CDN has sent, all requests together
+        self.served: dict[str, int] = {}
+        self.released = threading.Event()  # set when the server stops: stalled answers end
+        self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
 
     # -- content --------------------------------------------------------------------------------------
@@ -198,12 +209,22 @@ class FakeHub:
         """Make the next download of `data` drop the connection halfway through."""
         self.interrupt_once.add(hashlib.sha256(data).hexdigest())
 
+    def stall(self, data: bytes, at: int) -> None:
+        """Make the next download of `data` send the bytes before `at`, then nothing, as a stalled network does,
+        until the client hangs up (or the server stops)."""
+        self.stall_once[hashlib.sha256(data).hexdigest()] = at
+
+    def count_served(self, sha: str, n: int) -> None:
+        with self._lock:
+            self.served[sha] = self.served.get(sha, 0) + n
+
     def requests_to(self, fragment: str, method: str | None = None) -> list[Request]:
         return [r for r in self.requests if fragment in r.path and (method is None or r.method == method)]
 
     # -- life cycle -----------------------------------------------------------------------------------
 
     def start(self) -> FakeHub:
+        self.released.clear()
         for role in ("hub", "cdn"):
             handler = type(f"{role}Handler", (_Handler,), {"hub": self, "role": role})
             server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -213,6 +234,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -364,27 +386,47 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"", {}, body=body)
         elif body and sha in self.hub.interrupt_once:
             self.hub.interrupt_once.discard(sha)
-            self._send_truncated(data)
+            self._send_truncated(data, sha)
+        elif body and sha in self.hub.stall_once:
+            self._send_stalled(data, self.hub.stall_once.pop(sha), sha)
         else:
-            self._send_range(data, {"ETag": f'"{sha}"'}, body)
+            self._send_range(data, {"ETag": f'"{sha}"'}, body, sha=sha)
 
     # -- responses ------------------------------------------------------------------------------------
 
-    def _send_range(self, data: bytes, headers: dict[str, str], body: bool) -> None:
-        start = _range_start(self.headers.get("Range"))
+    def _send_range(self, data: bytes, headers: dict[str, str], body: bool, sha: str | None = None) -> None:
+        start = _range_start(self.headers.get("Range")) if self.hub.honour_ranges else None
         if start is None:
-            self._send(200, data, headers | {"Accept-Ranges": "bytes"}, body=body)
+            self._send(200, data, headers | {"Accept-Ranges": "bytes"}, body=body, sha=sha)
             return
         rest = data[start:]
         headers |= {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-        self._send(206, rest, headers, body=body)
+        self._send(206, rest, headers, body=body, sha=sha)
 
-    def _send_truncated(self, data: bytes) -> None:
+    def _send_stalled(self, data: bytes, stop: int, sha: str) -> None:
+        """Answer as `_send_range` would, but send only the bytes before `stop`, then wait for the client to hang
+        up, and hang up too."""
+        start = _range_start(self.headers.get("Range")) or 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self._write(data[start:stop], sha)
+        self.wfile.flush()
+        deadline = time.monotonic() + STALL_LIMIT
+        while not self.hub.released.is_set() and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.connection], [], [], 0.05)
+            if ready and not self.connection.recv(1, socket.MSG_PEEK):
+                break  # the client hung up
+        self.close_connection = True
+
+    def _send_truncated(self, data: bytes, sha: str) -> None:
         """Announce the whole file, send half of it, and hang up."""
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
+        self._write(data[: len(data) // 2], sha)
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
@@ -393,14 +435,26 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"}
         self._send(status, json.dumps({"error": message}).encode(), headers | (extra or {}), body=True)
 
-    def _send(self, status: int, data: bytes, headers: dict[str, str], *, body: bool) -> None:
+    def _send(
+        self, status: int, data: bytes, headers: dict[str, str], *, body: bool, sha: str | None = None
+    ) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if body and self.command != "HEAD":
+            self._write(data, sha)
+
+    def _write(self, data: bytes, sha: str | None) -> None:
+        """Send `data`, counting it as served of blob `sha`; a client that hung up is no error here."""
+        try:
             self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        if sha is not None:
+            self.hub.count_served(sha, len(data))
 
 
 def _range_start(header: str | None) -> int | None:

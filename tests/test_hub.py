@@ -14,9 +14,12 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -148,6 +151,46 @@ def cdn_gets(fake: FakeHub) -> list:
 
 def blob_of(folder: Path, name: str) -> Path:
     return (folder / name).resolve()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def partial_file(data: bytes) -> Path:
+    """Where the bytes of `data` received so far wait for the rest: next to the blob they will become."""
+    return hub.repo_cache_dir(REPO) / "blobs" / f"{sha256(data)}.incomplete"
+
+
+def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended before {what}: {process.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def interrupted_download(fake: FakeHub, weights: bytes, at: int) -> Path:
+    """Download in this process and stop as a Ctrl-C would, once `at` bytes of `weights` are on the disk (the
+    fake CDN stalls there); returns the partial file."""
+    fake.stall(weights, at)
+    partial = partial_file(weights)
+
+    def ctrl_c(done: int, total: int) -> None:
+        if partial.is_file() and partial.stat().st_size >= at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hub.download(REPO, progress=ctrl_c)
+    assert partial.stat().st_size == at
+    return partial
+
+
+def ranges_asked(fake: FakeHub, data: bytes) -> list[str | None]:
+    """The Range header of every CDN request for `data`, in order (None: the whole file)."""
+    return [r.headers.get("Range") for r in cdn_gets(fake) if sha256(data) in r.path]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,21 +457,16 @@ def test_refuses_a_download_that_does_not_fit_on_the_disk(
 def test_an_interrupted_transfer_resumes_where_it_stopped(
     env, fake: FakeHub, checkpoint, monkeypatch
 ) -> None:
-    import huggingface_hub.constants
-
-    # The client writes what it receives in chunks of 10 MB and resumes after the last whole chunk; with
-    # 4 kB chunks the tiny checkpoint shows the same behaviour.
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(hub, "RETRY_WAIT", 0)
     weights = checkpoint["model.safetensors"]
-    fake.interrupt(weights)
+    fake.interrupt(weights)  # the connection drops after half the file, once
     reports: list[tuple[int, int]] = []
     folder = hub.download(REPO, progress=lambda done, total: reports.append((done, total)))
     assert (folder / "model.safetensors").read_bytes() == weights
-    first, second = cdn_gets(fake)
-    assert "Range" not in first.headers
-    resumed_at = int(second.headers["Range"].removeprefix("bytes=").removesuffix("-"))
-    assert len(weights) // 2 - 4096 < resumed_at <= len(weights) // 2  # resumed, not restarted
+    assert ranges_asked(fake, weights) == [None, f"bytes={len(weights) // 2}-"]  # from the very next byte
+    assert fake.served[sha256(weights)] == len(weights)
     assert reports[-1][0] == reports[-1][1]
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(reports))
 
 
 def test_a_truncated_cached_file_is_detected_and_repaired(
@@ -476,6 +514,159 @@ def test_force_fetches_everything_again(env, fake: FakeHub) -> None:
     hub.download(REPO, force=True)
     assert len(fake.requests_to("/resolve/", "GET")) == before + 3  # the small files
     assert len(cdn_gets(fake)) == 2  # and the weights
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resuming across runs: the partial file survives Ctrl-C
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes(env, fake: FakeHub, checkpoint) -> None:
+    from huggingface_hub import hf_hub_download, scan_cache_dir
+
+    weights = checkpoint["model.safetensors"]
+    at = len(weights) // 3
+    fake.stall(weights, at)
+    env["HF_TOKEN"] = "hf_secret"  # sent to the hub, never to the CDN, on the first run or the resumed one
+    partial = partial_file(weights)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sc2cli", "download", REPO],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: partial.is_file() and partial.stat().st_size >= at, "the first bytes", first)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, err
+    assert out == "" and err.splitlines() == [
+        f"sc2: download interrupted; run `sc2 download {REPO}` to resume it"
+    ]
+    assert partial.stat().st_size == at
+    incomplete = scan_cache_dir(hub.hub_cache()).incomplete_files  # what `hf cache` lists and prunes
+    assert [f.file_path for f in incomplete] == [partial]
+
+    done = sc2(env, "download", REPO)
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip())
+    assert ranges_asked(fake, weights) == [None, f"bytes={at}-"]
+    assert fake.served[sha256(weights)] == len(weights)  # every byte sent once
+    blob = blob_of(folder, "model.safetensors")
+    assert blob.parent.name == "blobs" and blob.name == sha256(weights) == sha256(blob.read_bytes())
+    assert not partial.exists()
+    assert all("Authorization" not in r.headers for r in cdn_gets(fake))
+    assert all(r.headers.get("Authorization") == "Bearer hf_secret" for r in fake.requests_to("/resolve/"))
+    # other hub tools see the file exactly as one of their own
+    found = hf_hub_download(REPO, "model.safetensors", local_files_only=True, cache_dir=hub.hub_cache())
+    assert Path(found) == folder / "model.safetensors"
+    scan = scan_cache_dir(hub.hub_cache())
+    (revision,) = next(iter(scan.repos)).revisions
+    assert {f.file_name for f in revision.files} == INFERENCE_FILES and not scan.incomplete_files
+    assert {f.blob_path for f in revision.files if f.file_name == "model.safetensors"} == {blob}
+
+
+def test_new_weights_on_the_hub_start_over_and_drop_the_old_partial(env, fake: FakeHub, checkpoint) -> None:
+    old = checkpoint["model.safetensors"]
+    stale = interrupted_download(fake, old, len(old) // 2)
+    files = tiny_checkpoint(seed=3)
+    new = files["model.safetensors"]
+    fake.add_commit(REPO, files)  # main moves on: the weights have another etag
+    folder = hub.download(REPO)
+    assert (folder / "model.safetensors").read_bytes() == new
+    assert ranges_asked(fake, new) == [None]  # nothing of the old file is reused
+    assert not stale.exists() and not partial_file(new).exists()
+
+
+def test_a_damaged_partial_file_is_caught_by_its_checksum_and_fetched_again(
+    env, fake: FakeHub, checkpoint, capsys
+) -> None:
+    weights = checkpoint["model.safetensors"]
+    at = len(weights) // 2
+    partial = interrupted_download(fake, weights, at)
+    damaged = bytearray(partial.read_bytes())
+    damaged[at // 2] ^= 0xFF  # as a crash might leave it: same size, wrong bytes
+    partial.write_bytes(bytes(damaged))
+    code, out, err = run_cli(capsys, "download", REPO)
+    assert code == 0 and out.strip() == str(hub.cached_snapshot(REPO))
+    assert err.splitlines()[:-1] == [
+        "sc2: model.safetensors: the downloaded data does not match its checksum; fetching it again from the start"
+    ]
+    assert ranges_asked(fake, weights) == [None, f"bytes={at}-", None]
+    assert fake.served[sha256(weights)] == 2 * len(weights)
+    assert (hub.cached_snapshot(REPO) / "model.safetensors").read_bytes() == weights
+
+
+def test_a_file_that_never_matches_its_checksum_is_not_kept(env, fake: FakeHub, checkpoint) -> None:
+    weights = checkpoint["model.safetensors"]
+    fake.blobs[sha256(weights)] = weights[:-1] + bytes([weights[-1] ^ 1])  # the CDN serves wrong bytes
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{REPO}: model.safetensors does not match the hub's checksum even when fetched again",
+    ):
+        hub.download(REPO)
+    assert len(ranges_asked(fake, weights)) == 2
+    blobs = hub.repo_cache_dir(REPO) / "blobs"
+    assert not (blobs / sha256(weights)).exists() and not partial_file(weights).exists()
+
+
+def test_a_server_that_ignores_the_range_starts_the_file_over(env, fake: FakeHub, checkpoint) -> None:
+    weights = checkpoint["model.safetensors"]
+    at = len(weights) // 2
+    interrupted_download(fake, weights, at)
+    fake.honour_ranges = False  # answers 200 with the whole file
+    reports: list[tuple[int, int]] = []
+    folder = hub.download(REPO, progress=lambda done, total: reports.append((done, total)))
+    assert (folder / "model.safetensors").read_bytes() == weights
+    assert ranges_asked(fake, weights) == [None, f"bytes={at}-"]
+    assert fake.served[sha256(weights)] == at + len(weights)
+    assert reports[0] == (at, len(weights)) and reports[-1] == (len(weights), len(weights))
+    assert all(done <= total for done, total in reports)
+
+
+def test_progress_and_the_disk_check_count_only_the_missing_bytes(
+    env, fake: FakeHub, checkpoint, monkeypatch
+) -> None:
+    weights = checkpoint["model.safetensors"]
+    at = len(weights) // 2
+    interrupted_download(fake, weights, at)
+    missing = len(weights) - at  # the other files came before the weights and are cached
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, missing - 1))
+    with pytest.raises(
+        Sc2Error, match=rf"not enough disk space for {REPO}: it needs {hub.format_bytes(missing)}"
+    ):
+        hub.download(REPO)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, missing))
+    reports: list[tuple[int, int]] = []
+    hub.download(REPO, progress=lambda done, total: reports.append((done, total)))
+    assert reports[0] == (at, len(weights))  # the bar starts where the last run stopped
+    assert reports[-1] == (len(weights), len(weights))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(reports))
+
+
+def test_a_download_waits_while_another_one_writes_the_same_file(env, fake: FakeHub, checkpoint) -> None:
+    from huggingface_hub.utils import WeakFileLock
+
+    weights = checkpoint["model.safetensors"]
+    # the lock huggingface_hub takes around writing this blob: `hf download` and sc2 take turns
+    lock = hub.hub_cache() / ".locks" / f"models--{REPO.replace('/', '--')}" / f"{sha256(weights)}.lock"
+    lock.parent.mkdir(parents=True)
+    notices: list[str] = []
+    result: dict[str, Path] = {}
+    worker = threading.Thread(target=lambda: result.update(folder=hub.download(REPO, notice=notices.append)))
+    with WeakFileLock(lock):
+        worker.start()
+        wait_until(lambda: notices, "the download to notice the other one")
+        assert ranges_asked(fake, weights) == []
+    worker.join(timeout=30)
+    assert notices == ["another download of model.safetensors is running; waiting for it to finish"]
+    assert (result["folder"] / "model.safetensors").read_bytes() == weights
 
 
 # ---------------------------------------------------------------------------------------------------------
