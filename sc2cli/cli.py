@@ -437,8 +437,11 @@ def _model_folder(settings, revision: str | None) -> Path:
     from .config import ModelConfig
     from .hub import resolve_model
 
-    with _ProgressBar(f"fetching {settings.model}") as progress:
-        folder = resolve_model(settings.model, revision=revision, offline=settings.offline, progress=progress)
+    bar = _ProgressBar(f"fetching {settings.model}")
+    with bar as progress:
+        folder = resolve_model(
+            settings.model, revision=revision, offline=settings.offline, progress=progress, notice=bar.notice
+        )
     ModelConfig.from_file(folder / "config.json")
     return folder
 
