@@ -183,6 +183,15 @@ RawOpt = Annotated[
     bool,
     typer.Option("--raw", help="No post-processing: stop only at stop tokens/strings.", rich_help_panel=_GEN),
 ]
+NoHealOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-heal",
+        help="Keep the prefix's last token in the prompt (no token healing): what the model sees is "
+        "exactly the text before the cursor.",
+        rich_help_panel=_GEN,
+    ),
+]
 ContextOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -267,6 +276,7 @@ def _completion_options(
     dtype: DtypeOpt = None, attn: AttnOpt = None, quantize: QuantizeOpt = None, max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = None, top_k: TopKOpt = None, seed: SeedOpt = None, stop: StopOpt = None, raw: RawOpt = False,
+    no_heal: NoHealOpt = False,
     context: ContextOpt = None, repo_name: RepoNameOpt = None, no_metadata: NoMetadataOpt = False,
     budget: BudgetOpt = None, show_prompt: ShowPromptOpt = False, output: FormatOpt = OutputFormat.text,
     insert: InsertOpt = False, verbose: VerboseOpt = False, no_server: NoServerOpt = False,
@@ -427,6 +437,7 @@ def _request(buffer: _Buffer, opts: dict, settings):
         sampling=Sampling(opts["temperature"], opts["top_k"], opts["top_p"], opts["seed"]),
         stop=tuple(opts["stop"] or ()),
         raw=opts["raw"],
+        heal=not opts["no_heal"],
         budget=settings.prompt_budget,
         eol=eol,
     )
@@ -456,7 +467,11 @@ def _show_prompt(request, folder: Path, settings, verbose: bool) -> None:
     budget = default_budget(probable_device_type(settings.device))
     prompt = prompt_for(request, Tokenizer.from_folder(folder), budget, limit)
     _write(prompt.text)
-    _note(f"{len(prompt.ids)} prompt tokens{_truncation_note(prompt.truncated)}", verbose)
+    healed = f"; the completion must start with {prompt.heal.decode('utf-8', 'replace')!r} (token healing)"
+    _note(
+        f"{len(prompt.ids)} prompt tokens{_truncation_note(prompt.truncated)}{healed if prompt.heal else ''}",
+        verbose,
+    )
 
 
 def _load_engine(folder: Path, settings, verbose: bool, cache_slots: int = 0):

@@ -66,7 +66,7 @@ class Engine:
         `cancelled()` turning true (checked at every token)."""
         prompt = self.prompt(request)
         finisher = Finisher(rules_for(request.prefix, request.suffix, request.stop, request.raw))
-        detokenizer = Detokenizer(self.tokenizer)
+        detokenizer = Detokenizer(self.tokenizer, skip=len(prompt.heal))
         cache = self._cache_for(prompt.ids, request.max_tokens)
         tokens: list[int] = []
         logprobs: list[float] = []
@@ -74,7 +74,8 @@ class Engine:
         first_token_at = None
         steps = generate(
             self.model, prompt.ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
-            stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled,
+            stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled, forced=prompt.heal,
+            token_bytes=self.tokenizer.token_bytes,
         )  # fmt: skip
         try:
             for step in steps:
@@ -107,6 +108,7 @@ class Engine:
             "logprobs": logprobs,
             "stop_reason": reason,
             "prompt_tokens": len(prompt.ids),
+            "healed": prompt.heal.decode("utf-8", "replace"),
             "completion_tokens": len(tokens),
             "cached_tokens": cache.reused,
             "truncated": dataclasses.asdict(prompt.truncated),

@@ -38,8 +38,15 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
-    """Pick the next token from fp32 logits (V,)."""
+def choose(
+    logits: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
+) -> int:
+    """Pick the next token from fp32 logits (V,), among the `allowed` ones (bool (V,)) if given."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if sampling.greedy:
         return int(torch.argmax(logits))
     logits = logits / sampling.temperature
@@ -49,6 +56,18 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
         logits = top_p_filter(logits, sampling.top_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def healing_mask(
+    token_bytes: Sequence[bytes], healed: bytes, stop_ids: frozenset[int], size: int
+) -> torch.Tensor:
+    """The tokens a healed prompt may go on with: those that start with the `healed` bytes (the token taken
+    out of the prompt among them). bool (V,)."""
+    allowed = torch.zeros(size, dtype=torch.bool)
+    allowed[[i for i, b in enumerate(token_bytes[:size]) if b.startswith(healed) and i not in stop_ids]] = (
+        True
+    )
+    return allowed
 
 
 class Step(NamedTuple):
@@ -125,9 +144,12 @@ def generate(
     stop_ids: frozenset[int] = frozenset(),
     cache: PromptCache | None = None,
     cancelled: Callable[[], bool] | None = None,
+    forced: bytes = b"",
+    token_bytes: Sequence[bytes] = (),
 ) -> Iterator[Step]:
     """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`, or as
-    soon as `cancelled()` turns true (checked between prefill chunks and between tokens)."""
+    soon as `cancelled()` turns true (checked between prefill chunks and between tokens). The first
+    token starts with the bytes `forced` (a healed prompt's last token; `token_bytes` maps ids to bytes)."""
     if not prompt:
         raise InputError("empty prompt")
     room = (cache.max_length if cache else model.config.max_position_embeddings) - len(prompt)
@@ -145,7 +167,10 @@ def generate(
     for produced in range(1, max_new_tokens + 1):
         if logits is None or (cancelled is not None and cancelled()):
             return
-        token = choose(logits, sampling, generator)
+        allowed = None
+        if forced and produced == 1:
+            allowed = healing_mask(token_bytes, forced, stop_ids, logits.shape[-1]).to(logits.device)
+        token = choose(logits, sampling, generator, allowed)
         if token in stop_ids:
             return
         yield Step(token, float(torch.log_softmax(logits, dim=-1)[token]))

@@ -1,8 +1,10 @@
 """Where a completion should end, decided while it streams: pure functions over the text so far.
 
 Rules (all but stop strings are off with --raw): stop strings; single-line mode when the cursor has code
-after it on its line; the end of the cursor's block (a line indented less than the cursor's line, or a
-blank line followed by a dedent); no repeating what already follows the cursor; no trailing blank lines.
+after it on its line; the end of the statement when the cursor is mid-statement at the end of its line
+("return a + " stops at "b", not three functions later); the end of the cursor's block (a line indented
+less than the cursor's line, or a blank line followed by a dedent); no repeating what already follows the
+cursor; no trailing blank lines.
 `Finisher` only lets out text that no later token can take back.
 """
 
@@ -22,6 +24,7 @@ class Rules:
     suffix_lines: tuple[str, ...] = ()  # the first non-blank lines after the cursor's line, stripped
     rest_of_line: str = ""  # what follows the cursor on its line, stripped
     raw: bool = False  # only stop strings apply
+    statement: str = ""  # the cursor's line before it, when the completion may just finish that statement
 
 
 def indent_width(line: str) -> int:
@@ -46,6 +49,7 @@ def rules_for(prefix: str, suffix: str, stop: Sequence[str] = (), raw: bool = Fa
         indent=indent,
         suffix_lines=suffix_lines,
         rest_of_line=after.strip(),
+        statement=before if before.strip() and not after.strip() else "",
     )
 
 
@@ -58,13 +62,27 @@ class End:
 def find_end(text: str, rules: Rules) -> End | None:
     """Where the completion ends, if the text so far decides it."""
     ends = [End(i, "stop") for i in (text.find(s) for s in rules.stop) if i >= 0]
-    if rules.single_line and "\n" in text:
+    if (rules.single_line and "\n" in text) or (
+        rules.statement and "\n" in text and _finishes_statement(rules.statement, text[: text.index("\n")])
+    ):
         ends.append(End(text.index("\n"), "postprocess"))
     elif not rules.raw and rules.indent is not None and not rules.single_line:
         block_end = _end_of_block(text, rules.indent)
         if block_end is not None:
             ends.append(End(block_end, "postprocess"))
     return min(ends, key=lambda e: e.index) if ends else None
+
+
+def _finishes_statement(before: str, added: str) -> bool:
+    """Whether the cursor's line, `before` it plus the `added` text, is a whole statement: the completion
+    wrote something on it, every bracket opened on it is closed, and it does not open a block or go on
+    (a trailing ":", "\\" or ",")."""
+    line = (before + added).rstrip()
+    return bool(added.strip()) and _bracket_depth(line) <= 0 and not line.endswith((":", "\\", ","))
+
+
+def _bracket_depth(text: str) -> int:
+    return sum(c in OPENERS for c in text) - sum(c in CLOSERS for c in text)
 
 
 def _end_of_block(text: str, indent: int) -> int | None:

@@ -162,6 +162,7 @@ def render(pieces: Sequence[Piece]) -> str:
 
 class Encoder(Protocol):
     special: dict[str, int]
+    token_bytes: list[bytes]
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -186,6 +187,7 @@ class Prompt:
     ids: tuple[int, ...]
     task: FimTask  # what was kept, after trimming
     truncated: Truncation = field(default_factory=Truncation)
+    heal: bytes = b""  # the prefix's last token, taken out: the completion must start with these bytes
 
     @property
     def text(self) -> str:
@@ -215,6 +217,32 @@ def build_prompt(task: FimTask, encoder: Encoder, budget: int | None = None) -> 
         pieces = layout(kept)
         ids = encode_pieces(pieces, encoder)
     return Prompt(tuple(pieces), tuple(ids), kept, _dropped(task, kept, encoder))
+
+
+def heal(prompt: Prompt, encoder: Encoder) -> Prompt:
+    """Token healing. A prefix that stops inside a word ("import o") or after a space ("return a + ") ends
+    with a token the model rarely saw there: in its training text " os" and " b" are single tokens. So the
+    prefix's last token leaves the prompt, and generation is held to start with its bytes (generate.py),
+    free to pick " os" again. Nothing changes when the prefix is empty or its last token is not whole text."""
+    index = next((i for i, p in enumerate(prompt.pieces) if p.control and p.text == FIM_PREFIX), None)
+    if index is None or not prompt.task.prefix or index + 1 >= len(prompt.pieces):
+        return prompt
+    end = len(encode_pieces(prompt.pieces[: index + 2], encoder))  # ids up to the end of the prefix text
+    last = encoder.token_bytes[prompt.ids[end - 1]]
+    try:
+        text = last.decode("utf-8")
+    except UnicodeDecodeError:
+        return prompt  # the token ends inside a character: leave it
+    piece = prompt.pieces[index + 1]
+    if not text or not prompt.task.prefix.endswith(text):
+        return prompt
+    pieces = (
+        *prompt.pieces[: index + 1],
+        Piece(piece.text[: len(piece.text) - len(text)]),
+        *prompt.pieces[index + 2 :],
+    )
+    ids = prompt.ids[: end - 1] + prompt.ids[end:]
+    return Prompt(pieces, ids, prompt.task, prompt.truncated, last)
 
 
 def _fit(task: FimTask, encoder: Encoder, budget: int) -> FimTask:

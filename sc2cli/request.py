@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .prompt import Document, FimTask, Prompt, build_prompt
+from .prompt import Document, FimTask, Prompt, build_prompt, heal
 from .tokenizer import Tokenizer
 
 
@@ -53,6 +53,7 @@ class CompletionRequest:
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
     raw: bool = False
+    heal: bool = True  # token healing of the prefix's last token (prompt.heal)
     budget: int | None = None  # prompt + completion tokens; None: the engine's default for its device
     eol: str = "\n"
 
@@ -101,7 +102,7 @@ class CompletionRequest:
 def _check_types(values: dict[str, Any]) -> None:
     expected = {
         "prefix": str, "suffix": str, "path": (str, type(None)), "repo": (str, type(None)), "metadata": bool,
-        "max_tokens": int, "raw": bool, "budget": (int, type(None)), "eol": str,
+        "max_tokens": int, "raw": bool, "heal": bool, "budget": (int, type(None)), "eol": str,
     }  # fmt: skip
     for name, kind in expected.items():
         if name in values and (
@@ -120,4 +121,5 @@ def prompt_for(request: CompletionRequest, tokenizer: Tokenizer, default_budget:
         raise InputError(
             f"--max-tokens {request.max_tokens} leaves no room for the prompt in a budget of {budget} tokens"
         )
-    return build_prompt(request.task, tokenizer, room)
+    prompt = build_prompt(request.task, tokenizer, room)
+    return heal(prompt, tokenizer) if request.heal else prompt

@@ -108,12 +108,17 @@ class Tokenizer:
 class Detokenizer:
     """Turns a stream of token ids into text, holding back bytes until they complete a character."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, skip: int = 0) -> None:
         self._bytes = tokenizer.token_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._skip = skip  # leading bytes already in the text (a healed token)
 
     def push(self, token_id: int) -> str:
-        return self._decoder.decode(self._bytes[token_id])
+        data = self._bytes[token_id]
+        if self._skip:
+            cut = min(self._skip, len(data))
+            data, self._skip = data[cut:], self._skip - cut
+        return self._decoder.decode(data)
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)

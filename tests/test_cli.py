@@ -92,16 +92,21 @@ def test_show_prompt_reads_only_the_tokenizer(capsys, monkeypatch, model, repo, 
     for name in ("config.json", "tokenizer.json"):
         (broken / name).write_bytes((model / name).read_bytes())
     (broken / "model.safetensors").write_bytes(b"garbage")
-    code, out, _ = sc2(capsys, monkeypatch, "complete", f"{repo}/src/app.py:5:12", "-m", broken, "--show-prompt",
-                       "--context", f"{repo}/src/util.py")  # fmt: skip
-    assert code == 0
-    assert out == (
+    expected = (
         "<repo_name>myproj<file_sep>src/util.py\nX = 1\n<file_sep><fim_prefix>src/app.py\n"
         + SOURCE[: SOURCE.index("a + b")]
         + "<fim_suffix>"
         + SOURCE[SOURCE.index("a + b") :]
         + "<fim_middle>"
     )
+    code, out, _ = sc2(capsys, monkeypatch, "complete", f"{repo}/src/app.py:5:12", "-m", broken, "--show-prompt",
+                       "--context", f"{repo}/src/util.py", "--no-heal")  # fmt: skip
+    assert code == 0 and out == expected
+    # token healing: the prefix's last token (" ") leaves the prompt, and the note says what must come first
+    code, out, err = sc2(capsys, monkeypatch, "complete", f"{repo}/src/app.py:5:12", "-m", broken, "--show-prompt",
+                         "--context", f"{repo}/src/util.py", "-v")  # fmt: skip
+    assert code == 0 and out == expected.replace(" <fim_suffix>", "<fim_suffix>")
+    assert "the completion must start with ' ' (token healing)" in err
     _, out, _ = sc2(
         capsys,
         monkeypatch,
@@ -147,7 +152,15 @@ def test_byte_column(capsys, monkeypatch, model, tmp_path):
     f = tmp_path / "u.py"
     f.write_text("s = 'é' + x\n")
     _, chars, _ = sc2(
-        capsys, monkeypatch, "complete", f"{f}:1:9", "-m", model, "--show-prompt", "--no-metadata"
+        capsys,
+        monkeypatch,
+        "complete",
+        f"{f}:1:9",
+        "-m",
+        model,
+        "--show-prompt",
+        "--no-metadata",
+        "--no-heal",
     )
     _, chars_by_byte, _ = sc2(
         capsys,
@@ -159,6 +172,7 @@ def test_byte_column(capsys, monkeypatch, model, tmp_path):
         model,
         "--show-prompt",
         "--no-metadata",
+        "--no-heal",
     )
     assert chars == chars_by_byte and "s = 'é' <fim_suffix>+ x" in chars
 
@@ -193,6 +207,7 @@ def test_fim_reads_files_and_stdin(capsys, monkeypatch, model, tmp_path):
         "-m",
         model,
         "--show-prompt",
+        "--no-heal",
         stdin="\nprint(1)\n",
     )
     assert out == "<fim_prefix>def add(a, b):\n<fim_suffix>\nprint(1)\n<fim_middle>"
@@ -209,6 +224,7 @@ def test_fim_reads_files_and_stdin(capsys, monkeypatch, model, tmp_path):
         "-m",
         model,
         "--show-prompt",
+        "--no-heal",
     )
     assert out == "<repo_name>r<file_sep><fim_prefix>a/b.py\nx = <fim_suffix><fim_middle>"
 
@@ -229,6 +245,7 @@ def test_greedy_cli_output_is_the_reference_generate(capsys, monkeypatch, model)
         "-m",
         model,
         "--raw",
+        "--no-heal",
         "--max-tokens",
         "24",
     ]
@@ -236,7 +253,10 @@ def test_greedy_cli_output_is_the_reference_generate(capsys, monkeypatch, model)
     ours = json.loads(out)
     tokenizer = Tokenizer.from_folder(model)
     ids = prompt_for(
-        CompletionRequest("def add(a, b):\n    return ", "\n", raw=True, max_tokens=24), tokenizer, 2048, 1024
+        CompletionRequest("def add(a, b):\n    return ", "\n", raw=True, heal=False, max_tokens=24),
+        tokenizer,
+        2048,
+        1024,
     ).ids
     ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     ref.generation_config.eos_token_id = sorted(tokenizer.stop_ids)

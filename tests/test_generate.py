@@ -7,7 +7,7 @@ import torch
 
 import sc2cli
 from sc2cli.errors import InputError
-from sc2cli.generate import PromptCache, choose, generate, top_k_filter, top_p_filter
+from sc2cli.generate import PromptCache, choose, generate, healing_mask, top_k_filter, top_p_filter
 from sc2cli.request import Sampling
 
 from .checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
@@ -113,3 +113,29 @@ def test_generation_stops_at_the_context_end(models):
     assert len(steps) == 6
     with pytest.raises(InputError, match="the model holds 256"):
         list(generate(ours, [9] * 256, max_new_tokens=1))
+
+
+# ------------------------------------------------------------------------------------------------ healing
+
+
+def test_healing_mask_allows_tokens_that_start_with_the_healed_bytes():
+    token_bytes = [b"", b"o", b" ", b" o", b" os", b" x", b"os", b" o"]
+    mask = healing_mask(token_bytes, b" o", frozenset({7}), 9)  # the logits may be wider than the vocab
+    assert mask.tolist() == [False, False, False, True, True, False, False, False, False]
+
+
+def test_the_first_token_starts_with_the_healed_bytes_then_greedy_goes_on(models):
+    _, ours = models
+    token_bytes = [b""] * 7 + [bytes([97 + i % 5]) * (1 + i % 3) for i in range(7, 96)]  # b"c", b"dd", ...
+    prompt = torch.randint(7, 96, (12,), generator=torch.Generator().manual_seed(3)).tolist()
+    steps = list(
+        generate(ours, prompt, max_new_tokens=8, stop_ids=STOPS, forced=b"cc", token_bytes=token_bytes)
+    )
+    tokens = [s.token for s in steps]
+    with torch.no_grad():
+        logits = ours(torch.tensor([prompt]))[0, -1]
+    allowed = healing_mask(token_bytes, b"cc", STOPS, logits.shape[-1])
+    assert token_bytes[tokens[0]].startswith(b"cc")
+    assert tokens[0] == int(logits.masked_fill(~allowed, float("-inf")).argmax()) != int(logits.argmax())
+    free = [s.token for s in generate(ours, prompt + tokens[:1], max_new_tokens=7, stop_ids=STOPS)]
+    assert tokens[1:] == free

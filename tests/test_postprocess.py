@@ -82,6 +82,34 @@ CASES = {
         "return x",
         "postprocess",
     ),
+    "statement: a return finished mid-line ends at its line": (
+        "def mean(v):\n    return sum(v) / ",
+        "\n\n\ndef g():\n    pass\n",
+        "len(v)\n\n\ndef variance(v):\n    m = mean(v)",
+        "len(v)",
+        "postprocess",
+    ),
+    "statement: an unclosed bracket lets it go on": (
+        "x = foo(",
+        "\n",
+        "1,\n    2)\ny = 3",
+        "1,\n    2)\ny = 3",
+        None,
+    ),
+    "statement: a line that opens a block goes on": (
+        "    if x",
+        "\n",
+        ":\n        y()\n    z()",
+        ":\n        y()\n    z()",
+        None,
+    ),
+    "statement: after a whole line the next lines come": (
+        "x = 1",
+        "\n",
+        "\ny = 2\nz = 3",
+        "\ny = 2\nz = 3",
+        None,
+    ),
 }
 STOPS = {"stop string": ["END"], "stop string inside the first line wins over the block rule": ["\ny"]}
 
@@ -125,7 +153,8 @@ def test_rules_from_the_cursor():
     assert r.single_line and r.rest_of_line == ")  # call" and r.indent == 4
     assert r.suffix_lines == ("return x",)
     r = rules_for("class A:\n    def m(self):\n        ", "   \n        pass\n")
-    assert not r.single_line and r.indent == 8
+    assert not r.single_line and r.indent == 8 and not r.statement
+    assert rules_for("def f(a, b):\n    return a + ", "\n").statement == "    return a + "
 
 
 code_text = st.lists(st.sampled_from([*"ab(){}:; \t\n#x=", "\n    ", "return"]), max_size=30).map("".join)

@@ -15,6 +15,7 @@ from sc2cli.prompt import (
     Location,
     build_prompt,
     cursor_offset,
+    heal,
     layout,
     line_count,
     parse_location,
@@ -215,3 +216,34 @@ def test_one_enormous_line_keeps_its_end(real):
     line = "x = [" + ", ".join(str(i) for i in range(3000)) + "]"
     prompt = build_prompt(FimTask(line, "", path="min.js", repo="r"), real, 200)
     assert len(prompt.ids) <= 200 and line.endswith(prompt.task.prefix)
+
+
+# ------------------------------------------------------------------------------------------------ healing
+
+
+def test_healing_takes_the_prefixs_last_token_out(real):
+    task = FimTask("import o", "\nimport sys\n", path="m.py", repo="r")
+    whole = build_prompt(task, real)
+    healed = heal(whole, real)
+    assert healed.heal == b" o" and real.encode(" o") == [whole.ids[whole.ids.index(3) - 1]]
+    assert list(healed.ids) == [i for k, i in enumerate(whole.ids) if k != whole.ids.index(3) - 1]
+    assert healed.text == whole.text.replace("import o<fim_suffix>", "import<fim_suffix>")
+    assert real.decode(healed.ids) == healed.text  # pieces and ids still agree
+
+
+@pytest.mark.parametrize("prefix", ["", "x = 1\n"])
+def test_healing_leaves_what_it_cannot_heal(real, prefix):
+    whole = build_prompt(FimTask(prefix, "y", path="m.py" if prefix else None), real)
+    healed = heal(whole, real)
+    if not prefix:
+        assert healed == whole  # nothing to take out
+    else:
+        assert healed.heal == b"\n" and healed.text == whole.text.replace("1\n<fim_suffix>", "1<fim_suffix>")
+
+
+def test_healing_never_splits_a_character(real):
+    assert real.token_bytes[real.encode("x漢")[-1]] == b"\xa2"  # the character's last byte alone
+    whole = build_prompt(FimTask("x漢", "y"), real)
+    assert heal(whole, real) == whole
+    healed = heal(build_prompt(FimTask("xé", "y"), real), real)
+    assert healed.heal == "é".encode() and healed.text == "<fim_prefix>x<fim_suffix>y<fim_middle>"

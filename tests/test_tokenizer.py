@@ -69,3 +69,11 @@ def test_not_a_starcoder2_tokenizer(tmp_path):
         Tokenizer.from_folder(tmp_path)
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         Tokenizer.from_folder(tmp_path / "nowhere")
+
+
+def test_detokenizer_skips_the_healed_bytes(tokenizer):
+    text = "import os, é\n"
+    ids = tokenizer.encode(text)
+    for cut in range(len(text) + 1):  # healed bytes are whole characters
+        detokenizer = Detokenizer(tokenizer, skip=len(text[:cut].encode()))
+        assert "".join(detokenizer.push(i) for i in ids) + detokenizer.flush() == text[cut:]
