@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -156,30 +156,17 @@ def weight_bytes_per_token(model: Starcoder2) -> int:
     return total
 
 
-def transformers_twin(model: Starcoder2):
-    """transformers' Starcoder2ForCausalLM sharing our (unquantized) weights, no copy."""
-    import transformers
-    from transformers import Starcoder2Config, Starcoder2ForCausalLM
+class Reference(NamedTuple):
+    """Another engine to compare with, registered by whoever has it installed (tests/vs_transformers.py
+    for transformers, which sc2cli never imports): `twin(model)` shares our weights and speaks
+    transformers' API (`__call__(ids, logits_to_keep=1)`, `generate`); `load` is the body of a script
+    that loads `folder` in `dtype` from disk (see LOAD_SCRIPT)."""
 
-    c = model.config
-    keys = {k: v for k, v in c.to_dict().items() if k not in ("rope_theta", "architectures", "model_type")}
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        keys["rope_parameters"] = {"rope_type": "default", "rope_theta": c.rope_theta}
-    else:
-        keys["rope_theta"] = c.rope_theta
-    hf_config = Starcoder2Config(**keys, attn_implementation="sdpa")
-    with torch.device("meta"):
-        twin = Starcoder2ForCausalLM(hf_config)
-    state = {name: p for name, p in model.named_parameters()}
-    if c.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    twin.load_state_dict(state, strict=True, assign=True)
-    twin.tie_weights()
-    with torch.device(model.device):  # its buffers are computed, not loaded
-        twin.model.rotary_emb = type(twin.model.rotary_emb)(hf_config)
-    twin.generation_config.eos_token_id = None  # random weights must not stop early
-    twin.generation_config.pad_token_id = 0
-    return twin.eval()
+    twin: Callable[[Starcoder2], Any]
+    load: str
+
+
+REFERENCES: dict[str, Reference] = {}
 
 
 def unquantized_twin(model: Starcoder2) -> Starcoder2:
@@ -261,7 +248,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     report.machine = {**memory_bandwidth(), "threads": torch.get_num_threads()}
     log(f"memory: {report.machine['copy_gbps']} GB/s copy, {report.machine['read_gbps']} GB/s read")
     model, folder, load_s = _build(options, device, report, log)
-    twin = transformers_twin(model) if options.vs_transformers else None
+    twin = REFERENCES["transformers"].twin(model) if options.vs_transformers else None
     reference = unquantized_twin(model) if options.quantize != "none" else None
     kernels = prepare(model, options.quantize)
     report.setup.update(
@@ -476,6 +463,8 @@ def _bench_edits(options: BenchOptions, model, tokenizer: Tokenizer, report: Rep
 # ------------------------------------------------------------------------------------------------ loading
 
 
+# A fresh process's load time and peak memory growth; `load` is an engine's loading, which sets `before`
+# (the RSS once its code is imported) and `start`.
 LOAD_SCRIPT = """
 import json, sys, time, torch
 def rss():
@@ -486,21 +475,18 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-engine, folder, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
-if engine == "sc2":
-    import sc2cli
-    from sc2cli.config import ModelConfig
-    from sc2cli.model import Starcoder2
-    with torch.device("meta"):
-        Starcoder2(ModelConfig(num_hidden_layers=1))
-    before = rss(); start = time.perf_counter()
-    sc2cli.load_model(folder, dtype=dtype, device="cpu")
-else:
-    from transformers import AutoModelForCausalLM
-    before = rss(); start = time.perf_counter()
-    AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[dtype]))
+folder, dtype = sys.argv[1], sys.argv[2]
+{load}
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_growth": hwm() - before}))
+print(json.dumps({{"seconds": seconds, "peak_growth": hwm() - before}}))
+"""
+SC2_LOAD = """import sc2cli
+from sc2cli.config import ModelConfig
+from sc2cli.model import Starcoder2
+with torch.device("meta"):
+    Starcoder2(ModelConfig(num_hidden_layers=1))
+before = rss(); start = time.perf_counter()
+sc2cli.load_model(folder, dtype=dtype, device="cpu")
 """
 
 
@@ -515,7 +501,7 @@ def measure_load(folder: Path, engines: list[str], dtype: str, runs: int = 1) ->
         samples = []
         for _ in range(runs):
             result = subprocess.run(
-                [sys.executable, "-c", LOAD_SCRIPT, engine, str(folder), dtype],
+                [sys.executable, "-c", LOAD_SCRIPT.format(load=_load_body(engine)), str(folder), dtype],
                 capture_output=True, text=True, check=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
             )  # fmt: skip
             samples.append(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -524,6 +510,10 @@ def measure_load(folder: Path, engines: list[str], dtype: str, runs: int = 1) ->
             "peak_rss_growth_gb": statistics.median(s["peak_growth"] for s in samples) / 1e9,
         }
     return out
+
+
+def _load_body(engine: str) -> str:
+    return SC2_LOAD if engine == "sc2" else REFERENCES[engine].load
 
 
 def write_random_checkpoint(

@@ -922,10 +922,15 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:  # fmt: skip
     """Measure load time, prefill and decode speed, time to first token and memory bandwidth."""
-    from .bench import BenchOptions, run_bench
+    from .bench import REFERENCES, BenchOptions, run_bench
 
     if vs not in (None, "transformers"):
         raise _input_error(f"--vs {vs}: only transformers can be compared")
+    if vs and vs not in REFERENCES:
+        raise _input_error(
+            f"--vs {vs}: transformers is the test-only reference, which sc2 never imports; from a checkout "
+            f'with `pip install -e ".[test]"` run `python -m tests.vs_transformers bench ... --vs {vs}`'
+        )
     try:
         lengths = tuple(int(n) for n in prompt_lengths.split(",") if n.strip())
     except ValueError:

@@ -12,6 +12,7 @@ from sc2cli.bench import BenchOptions, greedy_agreement, random_model, run_bench
 from sc2cli.cli import main
 
 from .checkpoints import write_tiny_model
+from .vs_transformers import register
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,7 @@ def folder(tmp_path_factory):
 
 
 def test_report_against_transformers_with_int8(folder):
+    register()
     options = BenchOptions(
         model=str(folder), prompt_lengths=(16, 64), decode_tokens=6, runs=1, vs_transformers=True, quantize="int8",
         edits=True,
@@ -57,6 +59,15 @@ def test_cli_json_and_load_measurement(folder, capsys):
     assert done.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["results"]["load_s"]["sc2"] > 0 and report["results"]["load_peak_rss_growth_gb"]["sc2"] >= 0
+
+
+def test_vs_transformers_needs_the_reference_registered(folder, capsys, monkeypatch):
+    from sc2cli import bench
+
+    monkeypatch.setattr(bench, "REFERENCES", {})
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "-m", str(folder), "--vs", "transformers"])
+    assert done.value.code == 2 and "python -m tests.vs_transformers" in capsys.readouterr().err
 
 
 def test_random_shapes_are_the_real_ones():
