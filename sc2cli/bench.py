@@ -184,9 +184,7 @@ def unquantized_twin(model: Starcoder2) -> Starcoder2:
 def prompt_ids(request, tokenizer: Tokenizer, model: Starcoder2) -> tuple[int, ...]:
     from .request import prompt_for
 
-    return prompt_for(
-        request, tokenizer, model.config.max_position_embeddings, model.config.max_position_embeddings
-    ).ids
+    return prompt_for(request, tokenizer, model.config.max_position_embeddings, model.config).ids
 
 
 # ------------------------------------------------------------------------------------------------ timing

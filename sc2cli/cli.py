@@ -463,9 +463,9 @@ def _show_prompt(request, folder: Path, settings, verbose: bool) -> None:
     from .request import prompt_for
     from .tokenizer import Tokenizer
 
-    limit = ModelConfig.from_file(folder / "config.json").max_position_embeddings
+    config = ModelConfig.from_file(folder / "config.json")
     budget = default_budget(probable_device_type(settings.device))
-    prompt = prompt_for(request, Tokenizer.from_folder(folder), budget, limit)
+    prompt = prompt_for(request, Tokenizer.from_folder(folder), budget, config)
     _write(prompt.text)
     healed = f"; the completion must start with {prompt.heal.decode('utf-8', 'replace')!r} (token healing)"
     _note(

@@ -57,7 +57,7 @@ class Engine:
         return cache
 
     def prompt(self, request: CompletionRequest) -> Prompt:
-        return prompt_for(request, self.tokenizer, self.default_budget, self.limit)
+        return prompt_for(request, self.tokenizer, self.default_budget, self.model.config)
 
     def stream(
         self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None

@@ -7,7 +7,8 @@ are `Piece(control=True)` and are added by id; everything else is tokenized as p
 
 The prompt is laid out so its start stays stable while the user edits near the cursor (a warm server
 then reuses the cached start): context files first, in the given order, with a budget that moves in
-coarse steps; the prefix trimmed from the top at line numbers that are multiples of `SNAP_LINES`.
+coarse steps; the prefix trimmed from the top at line numbers that are multiples of `SNAP_LINES`;
+the suffix, which follows the prefix and so is recomputed after any edit above the cursor, kept short.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from .tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
 
 SNAP_LINES = 32  # the prefix's first kept line is a multiple of this (stable prompt start under edits)
 CONTEXT_QUANTUM = 256  # context files get a budget that moves in steps of this many tokens
-SUFFIX_SHARE = (
-    8  # when both do not fit, the suffix gets 1/SUFFIX_SHARE of the room (more if the prefix is short):
-)
-# what follows the cursor is recomputed after every edit, so a warm server keeps it short
+SUFFIX_SHARE = 8  # the suffix gets at most 1/SUFFIX_SHARE of the room, even when the whole file fits:
+# it follows the prefix, so a warm server recomputes all of it after any edit above the cursor
 
 
 # ------------------------------------------------------------------------------------------------ cursor
@@ -201,19 +200,27 @@ def encode_pieces(pieces: Sequence[Piece], encoder: Encoder) -> list[int]:
     return ids
 
 
-def build_prompt(task: FimTask, encoder: Encoder, budget: int | None = None) -> Prompt:
+def build_prompt(
+    task: FimTask, encoder: Encoder, budget: int | None = None, max_suffix: int | None = None
+) -> Prompt:
     """The prompt for `task`, trimmed so it has at most `budget` tokens: whole lines farthest from the
-    cursor go first, most of the room goes to the prefix, context files fill what remains."""
+    cursor go first, most of the room goes to the prefix, context files fill what remains. The suffix
+    keeps at most 1/SUFFIX_SHARE of the room and at most `max_suffix` tokens, whole lines from its start."""
     if task.empty:
         raise InputError("empty prompt: nothing before or after the cursor, no path and no context")
     ids = encode_pieces(layout(task), encoder)
-    if budget is None or len(ids) <= budget:
+    if budget is None and max_suffix is None:
         return Prompt(tuple(layout(task)), tuple(ids), task)
-    kept = _fit(task, encoder, budget)
+    limit = budget if budget is not None else len(ids) + CONTEXT_QUANTUM  # None: room for all but the suffix
+    suffix_room = _room(task, encoder, limit) // SUFFIX_SHARE if budget is not None else len(ids)
+    suffix_room = suffix_room if max_suffix is None else min(suffix_room, max_suffix)
+    if len(ids) <= limit and len(encoder.encode(task.suffix)) <= suffix_room:
+        return Prompt(tuple(layout(task)), tuple(ids), task)
+    kept = _fit(task, encoder, limit, suffix_room)
     pieces = layout(kept)
     ids = encode_pieces(pieces, encoder)
-    while len(ids) > budget:  # the per-line estimate was short by a few tokens: drop one more line
-        kept = _shave(kept, task, budget)
+    while len(ids) > limit:  # the per-line estimate was short by a few tokens: drop one more line
+        kept = _shave(kept, task, limit)
         pieces = layout(kept)
         ids = encode_pieces(pieces, encoder)
     return Prompt(tuple(pieces), tuple(ids), kept, _dropped(task, kept, encoder))
@@ -245,25 +252,25 @@ def heal(prompt: Prompt, encoder: Encoder) -> Prompt:
     return Prompt(pieces, ids, prompt.task, prompt.truncated, last)
 
 
-def _fit(task: FimTask, encoder: Encoder, budget: int) -> FimTask:
-    fixed = len(encode_pieces(layout(FimTask("", "", task.path, task.repo, (), task.metadata)), encoder))
-    room = budget - fixed
+def _room(task: FimTask, encoder: Encoder, budget: int) -> int:
+    """The budget less what the layout takes without prefix, suffix and context (paths, control tokens)."""
+    return budget - len(
+        encode_pieces(layout(FimTask("", "", task.path, task.repo, (), task.metadata)), encoder)
+    )
+
+
+def _fit(task: FimTask, encoder: Encoder, budget: int, suffix_room: int) -> FimTask:
+    room = _room(task, encoder, budget)
     if room < 1:
         raise InputError(f"the prompt budget of {budget} tokens cannot hold even the file's path; raise it")
     prefix_lines = task.prefix.splitlines(keepends=True) or [""]
     suffix_lines = task.suffix.splitlines(keepends=True)
     p_counts, s_counts = encoder.encode_lines(prefix_lines), encoder.encode_lines(suffix_lines)
-    p_need, s_need = sum(p_counts), sum(s_counts)
-    if p_need + s_need <= room:
-        prefix, suffix = task.prefix, task.suffix
-        used = p_need + s_need
-    else:
-        s_room = min(s_need, max(room // SUFFIX_SHARE, room - p_need))
-        kept_suffix = _take_from_start(s_counts, s_room)
-        suffix = "".join(suffix_lines[:kept_suffix])
-        s_used = sum(s_counts[:kept_suffix])
-        prefix, p_used = _trim_prefix(prefix_lines, p_counts, room - s_used, encoder)
-        used = p_used + s_used
+    kept_suffix = _take_from_start(s_counts, suffix_room)
+    suffix = "".join(suffix_lines[:kept_suffix])
+    s_used = sum(s_counts[:kept_suffix])
+    prefix, p_used = _trim_prefix(prefix_lines, p_counts, room - s_used, encoder)
+    used = p_used + s_used
     context_room = room - -(-used // CONTEXT_QUANTUM) * CONTEXT_QUANTUM  # room minus `used` rounded up
     context = _fit_context(task, encoder, context_room)
     return FimTask(prefix, suffix, task.path, task.repo, context, task.metadata)

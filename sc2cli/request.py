@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import ModelConfig
 from .errors import InputError
 from .prompt import Document, FimTask, Prompt, build_prompt, heal
 from .tokenizer import Tokenizer
@@ -113,13 +114,22 @@ def _check_types(values: dict[str, Any]) -> None:
         raise InputError("field 'eol' must be \\n or \\r\\n")
 
 
-def prompt_for(request: CompletionRequest, tokenizer: Tokenizer, default_budget: int, limit: int) -> Prompt:
-    """The prompt, trimmed to the budget (never above the model's `limit` positions) minus max_tokens."""
-    budget = min(request.budget or default_budget, limit)
+WINDOW_SHARE = 4  # the suffix takes at most this share of a sliding window: the first middle token must
+# see the end of the prefix across it (the tiny model's 256-token window binds; the 4,096 of the real ones don't)
+
+
+def prompt_for(
+    request: CompletionRequest, tokenizer: Tokenizer, default_budget: int, config: ModelConfig
+) -> Prompt:
+    """The prompt, trimmed to the budget (never above the model's positions) minus max_tokens."""
+    budget = min(request.budget or default_budget, config.max_position_embeddings)
     room = budget - request.max_tokens
     if room < 1:
         raise InputError(
             f"--max-tokens {request.max_tokens} leaves no room for the prompt in a budget of {budget} tokens"
         )
-    prompt = build_prompt(request.task, tokenizer, room)
+    window = config.sliding_window
+    prompt = build_prompt(
+        request.task, tokenizer, room, max_suffix=window // WINDOW_SHARE if window else None
+    )
     return heal(prompt, tokenizer) if request.heal else prompt

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sc2cli.cli import main
+from sc2cli.config import ModelConfig
 
 from .checkpoints import write_tiny_model
 
@@ -89,8 +90,12 @@ def test_text_json_and_jsonl_agree(capsys, monkeypatch, model, repo):
 def test_show_prompt_reads_only_the_tokenizer(capsys, monkeypatch, model, repo, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("config.json", "tokenizer.json"):
-        (broken / name).write_bytes((model / name).read_bytes())
+    (broken / "tokenizer.json").write_bytes((model / "tokenizer.json").read_bytes())
+    config = {
+        **json.loads((model / "config.json").read_text()),
+        "sliding_window": 4096,
+    }  # the whole suffix fits
+    (broken / "config.json").write_text(json.dumps(config))
     (broken / "model.safetensors").write_bytes(b"garbage")
     expected = (
         "<repo_name>myproj<file_sep>src/util.py\nX = 1\n<file_sep><fim_prefix>src/app.py\n"
@@ -256,7 +261,7 @@ def test_greedy_cli_output_is_the_reference_generate(capsys, monkeypatch, model)
         CompletionRequest("def add(a, b):\n    return ", "\n", raw=True, heal=False, max_tokens=24),
         tokenizer,
         2048,
-        1024,
+        ModelConfig.from_file(Path(model) / "config.json"),
     ).ids
     ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     ref.generation_config.eos_token_id = sorted(tokenizer.stop_ids)

@@ -10,6 +10,7 @@ import pytest
 from sc2cli.errors import InputError
 from sc2cli.prompt import (
     SNAP_LINES,
+    SUFFIX_SHARE,
     Document,
     FimTask,
     Location,
@@ -205,6 +206,45 @@ def test_trimming_snaps_so_an_edit_near_the_cursor_keeps_the_start(real):
     assert first_kept == 0
     common = next((i for i, (x, y) in enumerate(zip(a.ids, b.ids, strict=False)) if x != y), 0)
     assert common > len(a.ids) * 0.7
+
+
+def test_suffix_is_capped_even_when_the_whole_file_fits(real):
+    """What follows the cursor is recomputed after every edit above it, so it stays short: an edit costs
+    the edited line plus at most 1/SUFFIX_SHARE of the room, however long the rest of the file is."""
+    text = numbered(120)
+    cursor = len(numbered(60))
+    before = FimTask(text[:cursor], text[cursor:], path="f.py", repo="r")
+    budget = 2000
+    assert len(build_prompt(before, real, None).ids) < budget  # the whole file would fit
+    a = build_prompt(before, real, budget)
+    assert a.task.prefix == before.prefix and before.suffix.startswith(a.task.suffix)
+    assert 0 < len(real.encode(a.task.suffix)) <= budget // SUFFIX_SHARE
+    assert a.truncated.suffix > 0 and a.truncated.prefix == 0
+    b = build_prompt(
+        FimTask(before.prefix + "new_line = 1\n", before.suffix, path="f.py", repo="r"), real, budget
+    )
+    common = next(i for i, (x, y) in enumerate(zip(a.ids, b.ids, strict=False)) if x != y)
+    assert len(b.ids) - common <= len(real.encode("new_line = 1\n")) + budget // SUFFIX_SHARE + 3
+    short = FimTask(text[:cursor], "    return x\n", path="f.py", repo="r")
+    assert build_prompt(short, real, budget).task == short  # a short suffix is kept whole
+
+
+def test_a_sliding_window_caps_the_suffix(real):
+    """The first middle token must see the end of the prefix across the suffix: a model with a short
+    window gets a suffix of at most a quarter of it, with or without a budget."""
+    from sc2cli.config import ModelConfig
+    from sc2cli.request import CompletionRequest, prompt_for
+
+    text = numbered(40)
+    cursor = len(numbered(10))
+    assert len(build_prompt(FimTask(text[:cursor], text[cursor:]), real, None, max_suffix=30).ids) < len(
+        build_prompt(FimTask(text[:cursor], text[cursor:]), real).ids
+    )
+    request = CompletionRequest(text[:cursor], text[cursor:], heal=False)
+    short = prompt_for(request, real, 2048, ModelConfig(sliding_window=256))
+    assert 0 < len(real.encode(short.task.suffix)) <= 64 and short.task.prefix == request.prefix
+    long = prompt_for(request, real, 2048, ModelConfig(sliding_window=4096))
+    assert len(real.encode(long.task.suffix)) > 64  # only the budget's share applies
 
 
 def test_tiny_budget_is_an_error(real):

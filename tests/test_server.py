@@ -100,6 +100,7 @@ def test_cli_uses_the_server_and_prints_the_same(server, model, tmp_path):
 
 def test_prompt_cache_reuses_the_unchanged_start(server, model):
     """After an edit near the cursor, exactly the tokens from the edit onward are recomputed."""
+    from sc2cli.config import ModelConfig
     from sc2cli.generate import common_prefix
     from sc2cli.request import CompletionRequest, prompt_for
     from sc2cli.tokenizer import Tokenizer
@@ -121,13 +122,18 @@ def test_prompt_cache_reuses_the_unchanged_start(server, model):
     after_edit = list(stream_completion(endpoint, edited))[-1]
 
     tokenizer = Tokenizer.from_folder(model)
-    ids_before = prompt_for(CompletionRequest.from_json(base), tokenizer, 2048, 1024).ids
-    ids_after = prompt_for(CompletionRequest.from_json(edited), tokenizer, 2048, 1024).ids
+    config = ModelConfig.from_file(Path(model) / "config.json")
+    before = prompt_for(CompletionRequest.from_json(base), tokenizer, 2048, config)
+    ids_before, ids_after = (
+        before.ids,
+        prompt_for(CompletionRequest.from_json(edited), tokenizer, 2048, config).ids,
+    )
     assert first["prompt_tokens"] == len(ids_before) and after_edit["prompt_tokens"] == len(ids_after)
     assert after_edit["cached_tokens"] == common_prefix(ids_before, ids_after)
     recomputed = len(ids_after) - after_edit["cached_tokens"]
+    assert before.task.suffix != base["suffix"]  # the suffix was cut short, to keep this cost down
     edit_and_suffix = (
-        len(tokenizer.encode("new_value = 1\n" + base["suffix"])) + 2
+        len(tokenizer.encode("new_value = 1\n" + before.task.suffix)) + 2
     )  # + <fim_suffix>, <fim_middle>
     assert recomputed <= edit_and_suffix + 2  # the edit onward, not the whole prompt
 
