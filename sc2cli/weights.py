@@ -1,9 +1,10 @@
 """Safetensors checkpoints (one file or shards) into a Starcoder2 built on the meta device.
 
-Tensors are read with plain file reads, not memory-mapped: each one is converted to the target dtype in
-small chunks straight into its final place, so peak memory stays near the size of the *converted* model
-even when the file is fp32 (mapped pages would count as resident and double the peak). Pickled `*.bin`
-checkpoints are refused: loading them runs arbitrary code.
+Each tensor is converted to the target dtype window by window straight into its final place: on the CPU
+from a short-lived memory map of the file (one pass over the page cache, the conversion on all threads),
+on a GPU through a pinned staging buffer. Only one window is ever mapped, so peak memory stays near the
+size of the *converted* model even when the file is fp32 (a whole-file map would count as resident and
+double the peak). Pickled `*.bin` checkpoints are refused: loading them runs arbitrary code.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import mmap
+import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,8 @@ SAFETENSORS_DTYPES = {
     "F16": torch.float16,
     "BF16": torch.bfloat16,
 }
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 32 << 20  # the staging buffer for loads onto a GPU
+MAP_WINDOW_BYTES = 64 << 20  # the file mapped at once for loads onto the CPU (64 MB measured fastest)
 MAX_HEADER_BYTES = 100 << 20
 # Buffers some older exports saved next to the weights; they are recomputed, never loaded.
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -168,10 +173,44 @@ def _read_exact(f: BinaryIO, view: memoryview, entry: TensorEntry) -> None:
         done += n
 
 
+def _map_window(fd: int, begin: int, length: int) -> tuple[mmap.mmap, int]:
+    """A read-only map of the file bytes `[begin, begin + length)`, prefaulted where the OS can; returns
+    the map and where `begin` falls in it (maps start at a multiple of the allocation granularity)."""
+    base = begin // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+    if os.name == "nt":
+        return mmap.mmap(fd, begin + length - base, offset=base, access=mmap.ACCESS_READ), begin - base
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # shared: prefaulting a private map copies it
+    return mmap.mmap(fd, begin + length - base, flags=flags, prot=mmap.PROT_READ, offset=base), begin - base
+
+
+def map_tensor_into(f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, tick) -> None:
+    """Fill the CPU tensor `dest` with `entry`, converting dtype one mapped window at a time."""
+    if os.fstat(f.fileno()).st_size < entry.end:  # a map past the end would crash on access, not raise
+        raise CheckpointError(
+            f"{entry.path}: truncated while reading {entry.name}; delete and re-download it"
+        )
+    flat = dest.view(-1)
+    itemsize = entry.dtype.itemsize
+    step = MAP_WINDOW_BYTES // itemsize * itemsize
+    for offset in range(0, entry.end - entry.begin, step):
+        n = min(step, entry.end - entry.begin - offset)
+        window, skip = _map_window(f.fileno(), entry.begin + offset, n)
+        try:
+            with warnings.catch_warnings():  # "not writable": it is only read from
+                warnings.simplefilter("ignore", UserWarning)
+                source = torch.frombuffer(window, dtype=torch.uint8, offset=skip, count=n)
+            flat[offset // itemsize : (offset + n) // itemsize].copy_(source.view(entry.dtype))
+            del source  # the map cannot close while a tensor still points into it
+        finally:
+            window.close()
+        tick(n)
+
+
 def read_tensor_into(
     f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, staging: torch.Tensor, tick
 ) -> None:
-    """Fill `dest` with `entry`, converting dtype chunk by chunk through `staging` (uint8, CPU)."""
+    """Fill `dest` (on any device) with `entry`, converting dtype chunk by chunk through `staging` (uint8,
+    CPU)."""
     f.seek(entry.begin)
     if dest.dtype == entry.dtype and dest.device.type == "cpu" and dest.is_contiguous():
         _read_exact(f, _as_bytes(dest), entry)
@@ -206,7 +245,11 @@ def load_weights(
         if progress:
             progress(done, total)
 
-    staging = torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    staging = (
+        None
+        if device.type == "cpu"
+        else torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    )
     by_file: dict[Path, list[str]] = {}
     for name, entry in sorted(plan.items(), key=lambda item: item[1].begin):
         by_file.setdefault(entry.path, []).append(name)
@@ -214,7 +257,10 @@ def load_weights(
         with open(path, "rb") as f:
             for name in names:
                 dest = torch.empty(plan[name].shape, dtype=dtype, device=device)
-                read_tensor_into(f, plan[name], dest, staging, tick)
+                if staging is None:
+                    map_tensor_into(f, plan[name], dest, tick)
+                else:
+                    read_tensor_into(f, plan[name], dest, staging, tick)
                 set_parameter(model, name, dest)
     model.tie_weights()
 
