@@ -161,11 +161,12 @@ def render(pieces: Sequence[Piece]) -> str:
 
 class Encoder(Protocol):
     special: dict[str, int]
-    token_bytes: list[bytes]
 
     def encode(self, text: str) -> list[int]: ...
 
     def encode_lines(self, lines: Sequence[str]) -> list[int]: ...
+
+    def bytes_of(self, token_id: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def heal(prompt: Prompt, encoder: Encoder) -> Prompt:
     if index is None or not prompt.task.prefix or index + 1 >= len(prompt.pieces):
         return prompt
     end = len(encode_pieces(prompt.pieces[: index + 2], encoder))  # ids up to the end of the prefix text
-    last = encoder.token_bytes[prompt.ids[end - 1]]
+    last = encoder.bytes_of(prompt.ids[end - 1])
     try:
         text = last.decode("utf-8")
     except UnicodeDecodeError:

@@ -33,6 +33,18 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {c: b for b, c in chars.items()}
 
 
+_ALPHABET = frozenset(_byte_level_alphabet())
+_TO_LATIN1 = str.maketrans({c: chr(b) for c, b in _byte_level_alphabet().items()})
+
+
+def spelled_bytes(token: str) -> bytes:
+    """The bytes a vocabulary entry stands for: its byte-level spelling decoded, or (added tokens such as
+    control tokens) its own UTF-8."""
+    if _ALPHABET.issuperset(token):
+        return token.translate(_TO_LATIN1).encode("latin-1")
+    return token.encode("utf-8")
+
+
 class Tokenizer:
     """A `tokenizers` tokenizer with special-token matching turned off for text."""
 
@@ -91,17 +103,18 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
+    def bytes_of(self, token_id: int) -> bytes:
+        """The bytes one token id stands for, without building the whole table (`--show-prompt` heals
+        the prompt and should not pay for 49,152 entries)."""
+        return spelled_bytes(self._tok.id_to_token(token_id) or "")
+
     @cached_property
     def token_bytes(self) -> list[bytes]:
         """The bytes each token id stands for (control tokens: their own spelling)."""
-        alphabet = _byte_level_alphabet()
         table = [b""] * self.vocab_size
         for token, token_id in self._tok.get_vocab(with_added_tokens=True).items():
             if token_id < len(table):
-                if all(c in alphabet for c in token):
-                    table[token_id] = bytes(alphabet[c] for c in token)
-                else:
-                    table[token_id] = token.encode("utf-8")
+                table[token_id] = spelled_bytes(token)
         return table
 
 

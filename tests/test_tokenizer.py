@@ -58,6 +58,10 @@ def test_special_ids(tokenizer):
 
 def test_real_vocabulary(real):  # noqa: F811
     assert real.vocab_size == 49152 and real.token_bytes[0] == b"<|endoftext|>"
+    table = real.token_bytes  # one token at a time (what healing a prompt uses) agrees with the table
+    assert all(real.bytes_of(i) == table[i] for i in range(real.vocab_size))
+    text = "def café(x):\n\treturn x  # 漢字\n"
+    assert b"".join(real.bytes_of(i) for i in real.encode(text)) == text.encode()
 
 
 def test_not_a_starcoder2_tokenizer(tmp_path):
