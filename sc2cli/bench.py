@@ -212,29 +212,55 @@ def theirs_prefill(twin, ids: list[int]) -> Callable[[], Any]:
     return run
 
 
-def ours_generate(model: Starcoder2, ids: list[int], n: int) -> Callable[[], Any]:
-    def run() -> None:
-        for _ in generate(model, ids, max_new_tokens=n):  # no stop ids: random weights run to n
-            pass
+def ours_generate(model: Starcoder2, ids: list[int], n: int) -> Callable[[], list[float]]:
+    """A run of `n` new tokens; returns when each arrived."""
+
+    def run() -> list[float]:
+        return [
+            time.perf_counter() for _ in generate(model, ids, max_new_tokens=n)
+        ]  # random weights run to n
 
     return run
 
 
-def theirs_generate(twin, ids: list[int], n: int) -> Callable[[], Any]:
+class TokenClock:
+    """When each new token arrived, as a transformers streamer (`put` gets the prompt first, then each
+    new token; `end` at the finish)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self._prompt_seen:
+            self.times.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def theirs_generate(twin, ids: list[int], n: int) -> Callable[[], list[float]]:
     tensor = torch.tensor([ids])
 
-    def run() -> None:
+    def run() -> list[float]:
+        clock = TokenClock()
         with torch.inference_mode():
-            twin.generate(tensor, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            twin.generate(tensor, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
+        return clock.times
 
     return run
 
 
-def decode_rate(make: Callable[[int], Callable[[], Any]], n: int, runs: int) -> float:
-    """Tokens per second of decode alone: (n - 2) tokens between a 2-token and an n-token run."""
-    long, short = make(n), make(2)
-    t_long, t_short = median_time(long, runs), median_time(short, runs)
-    return (n - 2) / max(t_long - t_short, 1e-9)
+def decode_rate(run: Callable[[], list[float]], runs: int) -> float:
+    """Tokens per second of decode alone: from the first new token to the last of a run (the prompt's
+    prefill comes before the first), median over `runs` after a warm-up."""
+    run()
+    rates = []
+    for _ in range(runs):
+        times = run()
+        rates.append((len(times) - 1) / max(times[-1] - times[0], 1e-9))
+    return statistics.median(rates)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -339,11 +365,11 @@ def _bench_prefill(options: BenchOptions, model, twin, report: Report, log) -> N
 def _bench_decode(options: BenchOptions, model, twin, report: Report, log) -> None:
     ids = _ids(64, model.config.vocab_size, options.seed)
     n = options.decode_tokens
-    engines = {"sc2": lambda k: ours_generate(model, ids, k)}
+    engines = {"sc2": ours_generate(model, ids, n)}
     if twin is not None:
-        engines["transformers"] = lambda k: theirs_generate(twin, ids, k)
+        engines["transformers"] = theirs_generate(twin, ids, n)
     rates = _interleaved(
-        options.runs, {name: (lambda m=make: decode_rate(m, n, 1)) for name, make in engines.items()}
+        options.runs, {name: (lambda r=run: decode_rate(r, 1)) for name, run in engines.items()}
     )
     for name, rate in rates.items():
         report.add("decode_tok_s", name, round(rate, 2))

@@ -84,3 +84,19 @@ def test_greedy_agreement_of_a_model_with_itself_is_total():
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
     model = random_model(config, torch.device("cpu"), torch.float32, "sdpa", seed=0)
     assert greedy_agreement(model, model, [5, 6, 7], 10) == 1.0
+
+
+def test_decode_rate_leaves_the_prefill_out():
+    """Decode speed runs from the first new token to the last: a slow prefill before it changes nothing,
+    and transformers' streamer protocol (prompt first, then each token) is timed the same way."""
+    from sc2cli.bench import TokenClock, decode_rate
+
+    runs = iter([[5.0, 5.5, 6.0, 6.5], [90.0, 90.5, 91.0, 91.5], [1.0, 1.25, 1.5, 1.75]])
+    assert decode_rate(lambda: next(runs), 2) == 3.0  # median of 2 and 4 tok/s, after a warm-up run
+    clock = TokenClock()
+    clock.put("prompt ids")
+    assert clock.times == []
+    clock.put("token")
+    clock.put("token")
+    clock.end()
+    assert len(clock.times) == 2
