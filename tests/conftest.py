@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+
+def pytest_configure(config):
+    """Started from a script's background job, pytest inherits SIGINT ignored, and so would every sc2 it
+    starts (ignored signals survive exec): the Ctrl-C tests need the disposition a terminal gives. A
+    handled signal resets to the default in a child, where Python turns it into KeyboardInterrupt."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
