@@ -33,8 +33,8 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {c: b for b, c in chars.items()}
 
 
-_ALPHABET = frozenset(_byte_level_alphabet())
 _TO_LATIN1 = str.maketrans({c: chr(b) for c, b in _byte_level_alphabet().items()})
+_ALPHABET = frozenset(chr(c) for c in _TO_LATIN1)
 
 
 def spelled_bytes(token: str) -> bytes:

@@ -209,13 +209,9 @@ def map_tensor_into(f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, tick) -
 def read_tensor_into(
     f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, staging: torch.Tensor, tick
 ) -> None:
-    """Fill `dest` (on any device) with `entry`, converting dtype chunk by chunk through `staging` (uint8,
-    CPU)."""
+    """Fill `dest` (a GPU's; CPU tensors are mapped) with `entry`, converting dtype chunk by chunk
+    through `staging` (uint8, CPU)."""
     f.seek(entry.begin)
-    if dest.dtype == entry.dtype and dest.device.type == "cpu" and dest.is_contiguous():
-        _read_exact(f, _as_bytes(dest), entry)
-        tick(entry.end - entry.begin)
-        return
     flat = dest.view(-1)
     itemsize = entry.dtype.itemsize
     step = (staging.numel() // itemsize) * itemsize
