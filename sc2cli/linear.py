@@ -8,6 +8,9 @@ for the fastest faithful form on this device and dtype:
   multiplied in fp32 through a shared scratch copy of the weight, exactly as oneDNN computes bf16 (fp32
   accumulation, result rounded to bf16); single-token decode, bound by memory, stays in the weight's
   format so it reads half the bytes.
+- Single-token decode with bf16 weights on any CPU goes to oneDNN's inner product (`mkldnn._linear_pointwise`,
+  the kernel inductor's freezing pass emits) rather than `F.linear`'s matmul: on a 3B shape it reads the
+  weights ~1.5x faster (12288x3072: 4.0 vs 5.9 ms on 2 cores), same numbers up to summation order.
 - `DynamicInt8Linear` (`quantize="int8"` on x86 CPUs): int8 weights with one scale per output channel,
   activations quantized per row on the fly, products in int8 through fbgemm (VNNI where present).
 - `WeightOnlyInt8Linear` (`quantize="int8"` elsewhere): int8 weights, bf16/fp16 activations.
@@ -19,6 +22,7 @@ lookup keeps full precision.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +47,33 @@ class Scratch:
         return self.buffer[: weight.numel()].view(weight.shape).copy_(weight)
 
 
+def _onednn_inner_product() -> Callable | None:
+    """oneDNN's inner product on dense weights, where this build of PyTorch has it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        return None
+
+
 class UpcastLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, scratch: Scratch) -> None:
+    """bf16/fp16 weights on a CPU: few rows through oneDNN's inner product (bf16) or `F.linear` (fp16, which
+    oneDNN's inner product refuses without AVX-NE-CONVERT); many rows in fp32 through `scratch`, or as
+    they are when `scratch` is None (native bf16 arithmetic)."""
+
+    def __init__(self, linear: nn.Linear, scratch: Scratch | None) -> None:
         super().__init__()
         self.weight = linear.weight  # kept as is: a tied lm_head still shares the embedding
         self.bias = linear.bias
         self.scratch = scratch
+        self.inner_product = _onednn_inner_product() if self.weight.dtype == torch.bfloat16 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < UPCAST_MIN_ROWS:
+        if rows < UPCAST_MIN_ROWS and self.inner_product is not None:
+            return self.inner_product(x, self.weight, self.bias, "none", [], "")
+        if rows < UPCAST_MIN_ROWS or self.scratch is None:
             return F.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.float()
         return F.linear(x.float(), self.scratch.fp32(self.weight), bias).to(x.dtype)
@@ -118,11 +139,12 @@ def prepare(model: nn.Module, quantize: str = "none") -> str:
     device, dtype = model.device, model.dtype
     if quantize == "int8":
         return _quantize_int8(model, device, dtype)
-    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_native_bf16():
-        scratch = Scratch()
+    name = str(dtype).removeprefix("torch.")
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        scratch = None if cpu_has_native_bf16() else Scratch()
         _swap(model, lambda linear: UpcastLinear(linear, scratch))
-        return f"{str(dtype).removeprefix('torch.')} weights, prompts multiplied in fp32"
-    return f"{str(dtype).removeprefix('torch.')}"
+        return f"{name} weights, prompts multiplied in fp32" if scratch else name
+    return name
 
 
 def _quantize_int8(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str:

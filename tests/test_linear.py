@@ -42,6 +42,30 @@ def test_upcast_equals_bf16_arithmetic_for_prompts_and_stays_compact_for_decode(
     assert fast.weight is linear.weight  # no second copy of the weights
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("shape", [(1, 1, 64), (1, 64), (3, 64)], ids=["token", "row", "few-rows"])
+def test_bf16_decode_runs_on_onednn_with_the_same_numbers(shape):
+    linear = layer(out=300, inp=64)
+    fast = UpcastLinear(linear, Scratch())
+    assert fast.inner_product is not None
+    x = torch.randn(shape).bfloat16()
+    expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+    out = fast(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 300)
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=1e-2)  # bf16 rounding of the result
+    torch.testing.assert_close(out, linear(x), atol=0.05, rtol=1e-2)
+
+
+def test_fp16_and_native_bf16_prompts_use_the_plain_product():
+    half = UpcastLinear(layer(torch.float16), Scratch())
+    assert half.inner_product is None  # oneDNN's inner product refuses fp16 on most x86 CPUs
+    token = torch.randn(1, 1, 64).half()
+    torch.testing.assert_close(half(token)[0, 0], half.weight @ token[0, 0] + half.bias, atol=2e-2, rtol=1e-2)
+    native = UpcastLinear(layer(), None)
+    prompt = torch.randn(2, 16, 64).bfloat16()
+    assert torch.equal(native(prompt), F.linear(prompt, native.weight, native.bias))
+
+
 def test_scratch_is_reused():
     scratch = Scratch()
     a = scratch.fp32(torch.ones(8, 8, dtype=torch.bfloat16))
