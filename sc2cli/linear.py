@@ -3,14 +3,14 @@
 The weights load into plain `nn.Linear` layers under their Hugging Face names; `prepare` then swaps each
 for the fastest faithful form on this device and dtype:
 
-- `UpcastLinear`, for bf16/fp16 weights on a CPU without native bf16/fp16 arithmetic: oneDNN then emulates
-  the format and a matrix product of many tokens runs ~4x below fp32 speed. Prompts (many rows) are
+- `UpcastLinear`, for bf16/fp16 weights on a CPU. Without native bf16/fp16 arithmetic oneDNN emulates the
+  format and a matrix product of many tokens runs ~4x below fp32 speed, so prompts (many rows) are
   multiplied in fp32 through a shared scratch copy of the weight, exactly as oneDNN computes bf16 (fp32
-  accumulation, result rounded to bf16); single-token decode, bound by memory, stays in the weight's
-  format so it reads half the bytes.
-- Single-token decode with bf16 weights on any CPU goes to oneDNN's inner product (`mkldnn._linear_pointwise`,
-  the kernel inductor's freezing pass emits) rather than `F.linear`'s matmul: on a 3B shape it reads the
-  weights ~1.5x faster (12288x3072: 4.0 vs 5.9 ms on 2 cores), same numbers up to summation order.
+  accumulation, result rounded to bf16). Single-token decode, bound by memory, stays in the weight's
+  format so it reads half the bytes; with bf16 it goes to oneDNN's inner product
+  (`mkldnn._linear_pointwise`, the kernel inductor's freezing pass emits) rather than `F.linear`'s
+  matmul, which reads the weights ~1.5x faster (12288x3072: 4.0 vs 5.9 ms on 2 cores) with the same
+  numbers up to summation order.
 - `DynamicInt8Linear` (`quantize="int8"` on x86 CPUs): int8 weights with one scale per output channel,
   activations quantized per row on the fly, products in int8 through fbgemm (VNNI where present).
 - `WeightOnlyInt8Linear` (`quantize="int8"` elsewhere): int8 weights, bf16/fp16 activations.
