@@ -21,6 +21,7 @@ lookup keeps full precision.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -47,14 +48,20 @@ class Scratch:
         return self.buffer[: weight.numel()].view(weight.shape).copy_(weight)
 
 
+@functools.cache
 def _onednn_inner_product() -> Callable | None:
-    """oneDNN's inner product on dense weights, where this build of PyTorch has it."""
+    """oneDNN's bf16 inner product on dense weights, where this build of PyTorch has it and this CPU runs
+    it (tried once on a small product: oneDNN refuses formats some CPUs lack)."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        op = torch.ops.mkldnn._linear_pointwise  # a private op: absent from some builds
+        x, w = torch.ones(1, 16, dtype=torch.bfloat16), torch.ones(8, 16, dtype=torch.bfloat16)
+        if not torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w)):
+            return None
+    except (AttributeError, RuntimeError):
         return None
+    return op
 
 
 class UpcastLinear(nn.Module):

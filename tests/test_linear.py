@@ -56,6 +56,16 @@ def test_bf16_decode_runs_on_onednn_with_the_same_numbers(shape):
     torch.testing.assert_close(out, linear(x), atol=0.05, rtol=1e-2)
 
 
+def test_bf16_decode_falls_back_to_the_plain_product_where_onednn_cannot(monkeypatch):
+    import sc2cli.linear
+
+    monkeypatch.setattr(sc2cli.linear, "_onednn_inner_product", lambda: None)
+    fast = UpcastLinear(layer(), Scratch())
+    token = torch.randn(1, 1, 64).bfloat16()
+    assert fast.inner_product is None
+    assert torch.equal(fast(token), F.linear(token, fast.weight, fast.bias))
+
+
 def test_fp16_and_native_bf16_prompts_use_the_plain_product():
     half = UpcastLinear(layer(torch.float16), Scratch())
     assert half.inner_product is None  # oneDNN's inner product refuses fp16 on most x86 CPUs
