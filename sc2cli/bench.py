@@ -250,10 +250,11 @@ def theirs_generate(twin, ids: list[int], n: int) -> Callable[[], list[float]]:
     return run
 
 
-def decode_rate(run: Callable[[], list[float]], runs: int) -> float:
+def decode_rate(run: Callable[[], list[float]], runs: int, warmup: int = 1) -> float:
     """Tokens per second of decode alone: from the first new token to the last of a run (the prompt's
-    prefill comes before the first), median over `runs` after a warm-up."""
-    run()
+    prefill comes before the first), median over `runs` after `warmup` runs."""
+    for _ in range(warmup):
+        run()
     rates = []
     for _ in range(runs):
         times = run()
@@ -366,8 +367,10 @@ def _bench_decode(options: BenchOptions, model, twin, report: Report, log) -> No
     engines = {"sc2": ours_generate(model, ids, n)}
     if twin is not None:
         engines["transformers"] = theirs_generate(twin, ids, n)
+    for run in engines.values():
+        run()  # warm-up, once: the interleaved samples below are one run each
     rates = _interleaved(
-        options.runs, {name: (lambda r=run: decode_rate(r, 1)) for name, run in engines.items()}
+        options.runs, {name: (lambda r=run: decode_rate(r, 1, 0)) for name, run in engines.items()}
     )
     for name, rate in rates.items():
         report.add("decode_tok_s", name, round(rate, 2))
