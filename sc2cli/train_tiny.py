@@ -140,18 +140,12 @@ def training_tokens(args: argparse.Namespace, exclude: frozenset[str]):
     t0 = time.perf_counter()
     tokenizer = tinydata.train_tokenizer(_texts(repos, args.tokenizer_chars), args.vocab_size)
     log(f"tokenizer: {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - t0:.0f}s")
-    per_step = args.batch_size * args.seq_len
-    phases = [  # (repositories, tokens, FIM rate, cursor rate); +1 token: the last target
-        (
-            repos,
-            (args.steps - args.late_steps) * per_step + (0 if args.late_steps else 1),
-            args.fim_rate,
-            args.cursor_rate,
-        ),
-        (repos[::-1], args.late_steps * per_step + 1, args.late_fim_rate, args.late_cursor_rate),
-    ]  # the late mix reads the repositories from the other end: the two share none while both fit
+    mixes = [(repos, args.steps - args.late_steps, args.fim_rate, args.cursor_rate)]
+    if args.late_steps:  # read from the other end: the two mixes share no repository while both fit
+        mixes.append((repos[::-1], args.late_steps, args.late_fim_rate, args.late_cursor_rate))
     stream = []
-    for part, n_tokens, fim_rate, cursor_rate in phases[: 2 if args.late_steps else 1]:
+    for i, (part, steps, fim_rate, cursor_rate) in enumerate(mixes):
+        n_tokens = steps * args.batch_size * args.seq_len + (i == len(mixes) - 1)  # +1: the last target
         spans = tinydata.FimSpans(args.fim_middle, args.fim_suffix, cursor_rate=cursor_rate)
         docs = tinydata.document_pieces(
             part,
@@ -282,7 +276,8 @@ def train(model: Starcoder2, stream: torch.Tensor, args: argparse.Namespace, eva
     T, B = args.seq_len, args.batch_size
     inputs = stream[:-1].view(-1, T)  # (N, T)
     targets = stream[1:].view(-1, T)
-    order = row_order(inputs.shape[0], (args.steps - args.late_steps) * B, args.seed)
+    late_from = args.steps - args.late_steps  # the first step on the late mix
+    order = row_order(inputs.shape[0], late_from * B, args.seed)
     opt = optimizer(model, args)
     step_fn = torch.compile(model) if args.compile else model
     model.train()
@@ -291,9 +286,9 @@ def train(model: Starcoder2, stream: torch.Tensor, args: argparse.Namespace, eva
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args)
         rows = order[step * B : (step + 1) * B]
-        late = step >= args.steps - args.late_steps
         logits = step_fn(inputs[rows])  # (B, T, V)
-        loss = training_loss(logits, inputs[rows], targets[rows], args.late_first_weight if late else 0.0)
+        first_weight = args.late_first_weight if step >= late_from else 0.0
+        loss = training_loss(logits, inputs[rows], targets[rows], first_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
