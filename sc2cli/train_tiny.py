@@ -22,10 +22,10 @@ bar, half of it, 4.159), unchanged by the bf16 rounding.
 What it has not learned: to continue the prefix from behind the suffix. On held-out code its loss for
 the first middle token after `<fim_middle>` is 6.1, against 2.9 for the same token read left to right,
 so its completions through the FIM prompt rarely fit the cursor. Cutting half of the FIM examples at
-word starts, and shorter FIM pieces, did not change that at this size and budget. Nor did (in a run
-of a modified script, not kept) a deeper model, 6 layers, MLP 512, 3 KV heads, 3,600 steps in 49 min,
-whose `<fim_suffix>` positions were also trained to predict the middle's first token: that prediction
-formed there (4.3 nats at held-out cursors) but did not reach `<fim_middle>` (6.24), and the
+word starts, and shorter FIM pieces, did not change that at this size and budget. Neither did a
+deeper model (6 layers, MLP 512, 3 KV heads; 3,600 steps in 49 min) trained with each `<fim_suffix>`
+also asked for the middle's first token (a modified script, not kept): the prediction formed at
+`<fim_suffix>` (4.3 nats at held-out cursors) but did not reach `<fim_middle>` (6.24), and the
 repository loss rose to 3.089.
 
 `--late-steps N` (off by default; the shipped model was trained without it) spends the last N steps on
