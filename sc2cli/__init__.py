@@ -16,7 +16,7 @@ __all__ = ["__version__", "load_model"]
 if TYPE_CHECKING:
     import torch
 
-    from .model import Starcoder2
+    from .model.model import Starcoder2
 
 
 def load_model(
@@ -37,11 +37,12 @@ def load_model(
     15b, tiny). A hub model comes from the Hugging Face cache, downloaded on first use (`revision`: a branch, tag
     or commit); `offline=True` (or HF_HUB_OFFLINE=1) never touches the network.
     `device`: auto/None, cpu, cuda, cuda:N, mps. `dtype`: a torch dtype or auto/bf16/fp16/fp32.
-    `attn`: auto, sdpa, flash or eager. `quantize`: none or int8 (int8 weights; see linear.py). `progress(bytes_done, bytes_total)` is called while loading the weights,
-    `download_progress(bytes_done, bytes_total)` while downloading them.
+    `attn`: auto, sdpa, flash or eager. `quantize`: none or int8 (int8 weights; see model/linear.py).
+    `progress(bytes_done, bytes_total)` is called while loading the weights, `download_progress(bytes_done,
+    bytes_total)` while downloading them.
     """
-    from .hub import resolve_model
-    from .weights import load_checkpoint
+    from .checkpoint.load import load_checkpoint  # torch: only when a model is loaded
+    from .checkpoint.open import resolve_model
 
     folder = (
         source

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import sc2cli
-from sc2cli.tokenizer import CONTROL_TOKENS as CONTROL
+from sc2cli.completion.tokenizer import CONTROL_TOKENS as CONTROL
 
 TINY = Path(sc2cli.__file__).parent / "tiny"
 HELDOUT = Path(__file__).parent / "data" / "heldout"
@@ -134,7 +134,7 @@ def test_heldout_loss(model, tok, fim: bool, limit: float) -> None:
 
 def test_heldout_files_are_not_training_data() -> None:
     """The training script drops any source file whose text equals a held-out file."""
-    from sc2cli import tinydata
+    from sc2cli.dev import tinydata
 
     hashes = {tinydata.text_hash(code) for _, code in heldout_files()}
     assert len(hashes) == len(heldout_files()) >= 5
@@ -150,7 +150,7 @@ def test_heldout_files_are_not_training_data() -> None:
 
 
 def test_special_tokens_are_starcoder2s(tok) -> None:
-    from sc2cli.tinydata import SPECIAL_TOKENS
+    from sc2cli.dev.tinydata import SPECIAL_TOKENS
 
     assert len(SPECIAL_TOKENS) == 38
     assert [tok.id_to_token(i) for i in range(38)] == list(SPECIAL_TOKENS)
@@ -224,8 +224,8 @@ def product_fim_losses(model) -> list[float]:
     """For lines of held-out code, the loss of two lines removed from the file, predicted after the prompt
     sc2 itself builds (prompt.py's repository layout, the Tokenizer wrapper, a budget): a broken layout,
     tokenizer or budget shows up here as a loss far above the model's."""
-    from sc2cli.prompt import FimTask, build_prompt
-    from sc2cli.tokenizer import Tokenizer
+    from sc2cli.completion.prompt import FimTask, build_prompt
+    from sc2cli.completion.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_folder(TINY)
     losses = []

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from sc2cli.bench import REFERENCES, Reference
-from sc2cli.model import Starcoder2
+from sc2cli.model.model import Starcoder2
 
 LOAD = """from transformers import AutoModelForCausalLM
 before = rss(); start = time.perf_counter()

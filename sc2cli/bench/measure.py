@@ -1,0 +1,129 @@
+"""Timing and machine figures: medians after warm-ups, tokens per second from when each token arrived,
+memory bandwidth and peak memory. Measurements only: nothing here asserts a time."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..completion.generate import PromptCache, generate, prefill
+from ..model.model import Starcoder2
+
+
+def median_time(fn: Callable[[], Any], runs: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def memory_bandwidth(size_mb: int = 512) -> dict[str, float]:
+    """Copy (read + write) and read bandwidth of main memory, in GB/s, on buffers far larger than caches."""
+    a = torch.ones(size_mb << 18, dtype=torch.float32)  # size_mb MiB
+    b = torch.empty_like(a)
+    copy = median_time(lambda: b.copy_(a), 5)
+    read = median_time(lambda: a.sum(), 5)
+    return {"copy_gbps": round(2 * a.nbytes / copy / 1e9, 1), "read_gbps": round(a.nbytes / read / 1e9, 1)}
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def random_ids(n: int, vocab: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, vocab - 1, (n,), generator=g).tolist()
+
+
+def ours_prefill(model: Starcoder2, ids: list[int]) -> Callable[[], Any]:
+    def run() -> None:
+        prefill(model, ids, PromptCache(model, len(ids) + 1))
+
+    return run
+
+
+def theirs_prefill(twin, ids: list[int]) -> Callable[[], Any]:
+    tensor = torch.tensor([ids])
+
+    def run() -> None:
+        with torch.inference_mode():
+            twin(tensor, logits_to_keep=1)
+
+    return run
+
+
+def ours_generate(model: Starcoder2, ids: list[int], n: int) -> Callable[[], list[float]]:
+    """A run of `n` new tokens; returns when each arrived."""
+
+    def run() -> list[float]:  # no stop ids: random weights run to n
+        return [time.perf_counter() for _ in generate(model, ids, max_new_tokens=n)]
+
+    return run
+
+
+class TokenClock:
+    """When each new token arrived, as a transformers streamer (`put` gets the prompt first, then each
+    new token; `end` at the finish)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self._prompt_seen:
+            self.times.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def theirs_generate(twin, ids: list[int], n: int) -> Callable[[], list[float]]:
+    tensor = torch.tensor([ids])
+
+    def run() -> list[float]:
+        clock = TokenClock()
+        with torch.inference_mode():
+            twin.generate(tensor, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
+        return clock.times
+
+    return run
+
+
+def decode_rate(run: Callable[[], list[float]], runs: int, warmup: int = 1) -> float:
+    """Tokens per second of decode alone: from the first new token to the last of a run (the prompt's
+    prefill comes before the first), median over `runs` after `warmup` runs."""
+    for _ in range(warmup):
+        run()
+    rates = []
+    for _ in range(runs):
+        times = run()
+        rates.append((len(times) - 1) / max(times[-1] - times[0], 1e-9))
+    return statistics.median(rates)
+
+
+def interleaved(runs: int, engines: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Median of `runs` alternating measurements per engine."""
+    samples: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(runs):
+        for name, measure in engines.items():
+            samples[name].append(measure())
+    return {name: statistics.median(values) for name, values in samples.items()}

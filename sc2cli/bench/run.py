@@ -1,0 +1,262 @@
+"""`sc2 bench`: how fast a model runs here, measured the same way for sc2 and (optionally) transformers.
+
+Every figure is the median of several runs after a warm-up; rival engines run on the same weights in the
+same process, interleaved, so their ratio is fair on a noisy machine. A random-weight model of a real
+shape (`--shape 3b`) shows the speed before downloading anything; its runs never stop early on EOS.
+Measurements only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint.load import load_checkpoint
+from ..checkpoint.names import TINY_DIR
+from ..checkpoint.open import resolve_model
+from ..completion.engine import Engine
+from ..completion.events import Done
+from ..completion.request import CompletionRequest
+from ..completion.tokenizer import Tokenizer
+from ..errors import InputError
+from ..model.attention import select_backend
+from ..model.device import default_budget, resolve_device, resolve_dtype
+from ..model.linear import prepare
+from ..model.model import Starcoder2
+from .measure import (
+    decode_rate,
+    interleaved,
+    median_time,
+    memory_bandwidth,
+    ours_generate,
+    ours_prefill,
+    peak_rss_bytes,
+    random_ids,
+    theirs_generate,
+    theirs_prefill,
+)
+from .models import (
+    REFERENCES,
+    bench_tokenizer,
+    fim_request,
+    greedy_agreement,
+    prompt_ids,
+    random_model,
+    sample_document,
+    shape_config,
+    unquantized_twin,
+    weight_bytes_per_token,
+)
+
+
+@dataclass
+class BenchOptions:
+    model: str | None = None  # a checkpoint folder; or
+    shape: str | None = None  # 3b, 7b, 15b, tiny: random weights of that shape
+    layers: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    attn: str = "auto"
+    quantize: str = "none"
+    prompt_lengths: tuple[int, ...] = (128, 512, 2048)
+    decode_tokens: int = 32
+    runs: int = 3
+    vs_transformers: bool = False
+    compile: bool = False
+    edits: bool = False  # time to first token: cold, identical repeat, after a one-line edit (warm server)
+    seed: int = 0
+
+
+@dataclass
+class Report:
+    setup: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, float] = field(default_factory=dict)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {engine: value}
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, engine: str, value: float) -> None:
+        self.results.setdefault(metric, {})[engine] = value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"setup": self.setup, "machine": self.machine, "results": self.results, "notes": self.notes}
+
+
+def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None) -> Report:
+    device = resolve_device(options.device)
+    report = Report()
+    report.machine = {**memory_bandwidth(), "threads": torch.get_num_threads()}
+    log(f"memory: {report.machine['copy_gbps']} GB/s copy, {report.machine['read_gbps']} GB/s read")
+    model, folder, load_s = _build(options, device, report, log)
+    twin = REFERENCES["transformers"].twin(model) if options.vs_transformers else None
+    reference = unquantized_twin(model) if options.quantize != "none" else None
+    kernels = prepare(model, options.quantize)
+    report.setup.update(
+        {
+            "model": options.model or f"random {options.shape}",
+            "layers": model.config.num_hidden_layers,
+            "device": str(device),
+            "dtype": str(resolve_dtype(options.dtype, device)).removeprefix("torch."),
+            "kernels": kernels,
+            "attn": model.attn_backend,
+            "torch": torch.__version__,
+            "parameters_b": round(model.config.num_parameters() / 1e9, 3),
+        }
+    )
+    if load_s is not None:
+        report.add("load_s", "sc2", round(load_s, 2))
+    _bench_prefill(options, model, twin, report, log)
+    _bench_decode(options, model, twin, report, log)
+    if options.compile:
+        _bench_compile(options, model, report, log)
+    tokenizer = bench_tokenizer(folder)
+    if reference is not None:
+        prompt = fim_request(sample_document(400, tokenizer), 0.7, 1)
+        ids = list(prompt_ids(prompt, tokenizer, model))
+        share = greedy_agreement(reference, model, ids, 64)
+        report.add("greedy_agreement_with_unquantized", "sc2", round(share, 3))
+        log(f"greedy agreement with the unquantized model over 64 FIM tokens: {share:.0%}")
+        del reference
+    _bench_ttft(options, model, twin, tokenizer, report, log)
+    if options.edits:
+        _bench_edits(options, model, tokenizer, report, log)
+    return report
+
+
+def _build(
+    options: BenchOptions, device: torch.device, report: Report, log
+) -> tuple[Starcoder2, Path | None, float | None]:
+    if (options.model is None) == (options.shape is None):
+        raise InputError("give a model (-m FOLDER or repo) or a --shape, not both")
+    if options.model is not None:
+        folder = resolve_model(options.model)
+        start = time.perf_counter()
+        model = load_checkpoint(folder, device=device, dtype=options.dtype, attn=options.attn)
+        load_s = time.perf_counter() - start
+        report.setup["peak_rss_gb"] = round(peak_rss_bytes() / 1e9, 2)
+        log(f"loaded {options.model} in {load_s:.1f}s")
+        return model, folder, load_s
+    config = shape_config(options.shape, options.layers)
+    dtype = resolve_dtype(options.dtype, device)
+    if options.quantize == "int8" and options.dtype in (None, "auto") and device.type == "cpu":
+        dtype = torch.bfloat16
+    model = random_model(config, device, dtype, select_backend(options.attn, device, dtype), options.seed)
+    log(f"built a random {options.shape} ({config.num_hidden_layers} layers, {dtype})")
+    return model, TINY_DIR if options.shape == "tiny" else None, None
+
+
+def _bench_prefill(options: BenchOptions, model, twin, report: Report, log) -> None:
+    limit = model.config.max_position_embeddings
+    for length in options.prompt_lengths:
+        if length >= limit:
+            continue
+        ids = random_ids(length, model.config.vocab_size, options.seed + length)
+        engines = {"sc2": ours_prefill(model, ids)} | (
+            {"transformers": theirs_prefill(twin, ids)} if twin else {}
+        )
+        for run in engines.values():
+            run()  # warm-up
+        timed = interleaved(options.runs, {n: (lambda r=r: median_time(r, 1, 0)) for n, r in engines.items()})
+        for name, seconds in timed.items():
+            report.add(f"prefill_{length}_tok_s", name, round(length / seconds, 2))
+        log(f"prefill {length}: " + ", ".join(f"{n} {length / s:.1f} tok/s" for n, s in timed.items()))
+
+
+def _bench_decode(options: BenchOptions, model, twin, report: Report, log) -> None:
+    ids = random_ids(64, model.config.vocab_size, options.seed)
+    n = options.decode_tokens
+    engines = {"sc2": ours_generate(model, ids, n)}
+    if twin is not None:
+        engines["transformers"] = theirs_generate(twin, ids, n)
+    for run in engines.values():
+        run()  # warm-up, once: the interleaved samples below are one run each
+    rates = interleaved(
+        options.runs, {name: (lambda r=run: decode_rate(r, 1, 0)) for name, run in engines.items()}
+    )
+    for name, rate in rates.items():
+        report.add("decode_tok_s", name, round(rate, 2))
+    weights = weight_bytes_per_token(model)
+    report.setup["weight_bytes_per_token_gb"] = round(weights / 1e9, 3)
+    report.add("decode_bandwidth_gbps", "sc2", round(weights * rates["sc2"] / 1e9, 3))
+    log("decode: " + ", ".join(f"{n} {r:.2f} tok/s" for n, r in rates.items()))
+
+
+def _bench_compile(options: BenchOptions, model, report: Report, log) -> None:
+    """torch.compile of the decode step, against eager, on the same cache."""
+    ids = random_ids(64, model.config.vocab_size, options.seed)
+    compiled = torch.compile(model, dynamic=True)
+    start = time.perf_counter()
+    cache = model.new_cache(len(ids) + options.decode_tokens + 8)
+    with torch.inference_mode():
+        model(torch.tensor([ids]), cache)
+        compiled(torch.tensor([[ids[-1]]]), cache)
+    report.add("compile_s", "sc2-compiled", round(time.perf_counter() - start, 1))
+
+    def steps(forward) -> Callable[[], None]:
+        def run() -> None:
+            cache.truncate(len(ids))
+            with torch.inference_mode():
+                for t in range(options.decode_tokens):
+                    forward(torch.tensor([[ids[t % len(ids)]]]), cache)
+
+        return run
+
+    eager, comp = median_time(steps(model), options.runs), median_time(steps(compiled), options.runs)
+    report.add("decode_tok_s", "sc2-compiled", round(options.decode_tokens / comp, 2))
+    report.add("decode_step_tok_s", "sc2-eager", round(options.decode_tokens / eager, 2))
+    log(
+        f"compiled decode {options.decode_tokens / comp:.2f} tok/s vs eager {options.decode_tokens / eager:.2f}"
+    )
+
+
+def _first_token_seconds(engine: Engine, request: CompletionRequest) -> tuple[float, Done]:
+    """Request to first token: prompt building, prefill (after what is cached) and one sampled token."""
+    start = time.perf_counter()
+    events = list(engine.stream(request))
+    done = events[-1]
+    assert isinstance(done, Done)
+    return time.perf_counter() - start, done
+
+
+def _bench_ttft(options: BenchOptions, model, twin, tokenizer: Tokenizer, report: Report, log) -> None:
+    document = sample_document(500, tokenizer)
+    engine = Engine(model, tokenizer, name="bench", default_budget=model.config.max_position_embeddings)
+    request = fim_request(document, 0.7, 1)  # one token: the time to the first
+    seconds = statistics.median(_first_token_seconds(engine, request)[0] for _ in range(options.runs))
+    report.add("fim_ttft_s", "sc2", round(seconds, 3))
+    if twin is not None:
+        ids = list(engine.prompt(request).ids)
+        report.add(
+            "fim_ttft_s", "transformers", round(median_time(theirs_generate(twin, ids, 1), options.runs), 3)
+        )
+    log(f"time to first token (FIM, {len(engine.prompt(request).ids)} prompt tokens): {seconds:.2f}s")
+
+
+def _bench_edits(options: BenchOptions, model, tokenizer: Tokenizer, report: Report, log) -> None:
+    """A warm server's engine: cold, identical repeat, and a one-line edit near the cursor of a 2,000-token file."""
+    engine = Engine(
+        model, tokenizer, name="bench", default_budget=default_budget(model.device.type), cache_slots=2
+    )
+    document = sample_document(2000, tokenizer)
+    request = fim_request(document, 0.8, 1)
+    cold, _ = _first_token_seconds(engine, request)
+    repeat, _ = _first_token_seconds(engine, request)
+    edited = dataclasses.replace(
+        request, prefix=request.prefix + "value = compute(1)\n"
+    )  # a line above the cursor
+    after, done = _first_token_seconds(engine, edited)
+    for key, value in {"cold": cold, "repeat": repeat, "after_edit": after}.items():
+        report.add(f"ttft_{key}_s", "sc2-server", round(value, 3))
+    report.add("after_edit_recomputed_tokens", "sc2-server", done.usage.computed_tokens)
+    report.add("after_edit_prompt_tokens", "sc2-server", done.usage.prompt_tokens)
+    report.add("after_edit_over_cold", "sc2-server", round(after / cold, 3))
+    log(
+        f"server TTFT: cold {cold:.2f}s, repeat {repeat:.2f}s, after edit {after:.2f}s ({after / cold:.0%} of cold; "
+        f"{done.usage.computed_tokens} of {done.usage.prompt_tokens} tokens recomputed)"
+    )

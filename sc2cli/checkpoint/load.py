@@ -1,0 +1,237 @@
+"""Safetensors checkpoints (one file or shards) into a Starcoder2 built on the meta device.
+
+Each tensor is converted to the target dtype window by window straight into its final place: on the CPU
+from a short-lived memory map of the file (one pass over the page cache, the conversion on all threads),
+on a GPU through a pinned staging buffer. Only one window is ever mapped, so peak memory stays near the
+size of the *converted* model even when the file is fp32 (a whole-file map would count as resident and
+double the peak). Pickled `*.bin` checkpoints are refused: loading them runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..model.attention import select_backend
+from ..model.device import resolve_device, resolve_dtype
+from ..model.linear import QUANTIZATIONS, prepare
+from ..model.model import Starcoder2
+from .layout import checkpoint_files, read_config
+from .safetensors import TensorEntry, checkpoint_entries
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+CHUNK_BYTES = 32 << 20  # the staging buffer for loads onto a GPU
+MAP_WINDOW_BYTES = 64 << 20  # the file mapped at once for loads onto the CPU (64 MB measured fastest)
+# Buffers some older exports saved next to the weights; they are recomputed, never loaded.
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+
+
+def match_parameters(model: nn.Module, entries: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
+    """Pair every parameter with its tensor, or say which tensor is missing, unexpected or mis-shaped."""
+    params = dict(model.named_parameters())  # a tied lm_head is listed once, as the embedding
+    tied_head = "lm_head.weight" not in params
+    missing = [n for n in params if n not in entries]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        where = ", ".join(sorted({e.path.name for e in entries.values()})) or "the checkpoint"
+        raise CheckpointError(f"missing tensor {missing[0]}{more} in {where}")
+    for name, entry in entries.items():
+        if name in params or name.endswith(IGNORED_SUFFIXES) or (tied_head and name == "lm_head.weight"):
+            continue
+        raise CheckpointError(f"{entry.path}: unexpected tensor {name} (not part of a StarCoder2 model)")
+    for name, param in params.items():
+        if tuple(param.shape) != entries[name].shape:
+            raise CheckpointError(
+                f"{entries[name].path}: tensor {name} has shape {list(entries[name].shape)}, "
+                f"but config.json implies {list(param.shape)}"
+            )
+    return {name: entries[name] for name in params}
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    """A writable view of a contiguous CPU tensor's memory, for `readinto` (no numpy needed)."""
+    return memoryview((ctypes.c_ubyte * t.nbytes).from_address(t.data_ptr())).cast("B")
+
+
+def _read_exact(f: BinaryIO, view: memoryview, entry: TensorEntry) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise CheckpointError(
+                f"{entry.path}: truncated while reading {entry.name}; delete and re-download it"
+            )
+        done += n
+
+
+def _map_window(fd: int, begin: int, length: int) -> tuple[mmap.mmap, int]:
+    """A read-only map of the file bytes `[begin, begin + length)`, prefaulted where the OS can; returns
+    the map and where `begin` falls in it (maps start at a multiple of the allocation granularity)."""
+    base = begin // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+    if os.name == "nt":
+        return mmap.mmap(fd, begin + length - base, offset=base, access=mmap.ACCESS_READ), begin - base
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # shared: prefaulting a private map copies it
+    return mmap.mmap(fd, begin + length - base, flags=flags, prot=mmap.PROT_READ, offset=base), begin - base
+
+
+def map_tensor_into(f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, tick) -> None:
+    """Fill the CPU tensor `dest` with `entry`, converting dtype one mapped window at a time."""
+    if os.fstat(f.fileno()).st_size < entry.end:  # a map past the end would crash on access, not raise
+        raise CheckpointError(
+            f"{entry.path}: truncated while reading {entry.name}; delete and re-download it"
+        )
+    flat = dest.view(-1)
+    itemsize, dtype = entry.itemsize, SAFETENSORS_DTYPES[entry.dtype]
+    step = MAP_WINDOW_BYTES // itemsize * itemsize
+    for offset in range(0, entry.end - entry.begin, step):
+        n = min(step, entry.end - entry.begin - offset)
+        window, skip = _map_window(f.fileno(), entry.begin + offset, n)
+        try:
+            with warnings.catch_warnings():  # "not writable": it is only read from
+                warnings.simplefilter("ignore", UserWarning)
+                source = torch.frombuffer(window, dtype=torch.uint8, offset=skip, count=n)
+            flat[offset // itemsize : (offset + n) // itemsize].copy_(source.view(dtype))
+            del source  # the map cannot close while a tensor still points into it
+        finally:
+            window.close()
+        tick(n)
+
+
+def read_tensor_into(
+    f: BinaryIO, entry: TensorEntry, dest: torch.Tensor, staging: torch.Tensor, tick
+) -> None:
+    """Fill `dest` (a GPU's; CPU tensors are mapped) with `entry`, converting dtype chunk by chunk
+    through `staging` (uint8, CPU)."""
+    f.seek(entry.begin)
+    flat = dest.view(-1)
+    itemsize, dtype = entry.itemsize, SAFETENSORS_DTYPES[entry.dtype]
+    step = (staging.numel() // itemsize) * itemsize
+    for offset in range(0, entry.end - entry.begin, step):
+        n = min(step, entry.end - entry.begin - offset)
+        _read_exact(f, _as_bytes(staging)[:n], entry)
+        flat[offset // itemsize : (offset + n) // itemsize].copy_(staging[:n].view(dtype))
+        tick(n)
+
+
+def load_weights(
+    model: Starcoder2,
+    files: list[Path],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+) -> None:
+    """Replace the meta parameters of `model` by the checkpoint's tensors, in `dtype` on `device`."""
+    plan = match_parameters(model, checkpoint_entries(files))
+    total = sum(e.end - e.begin for e in plan.values())
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    staging = (
+        None
+        if device.type == "cpu"
+        else torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    )
+    by_file: dict[Path, list[str]] = {}
+    for name, entry in sorted(plan.items(), key=lambda item: item[1].begin):
+        by_file.setdefault(entry.path, []).append(name)
+    for path, names in by_file.items():
+        with open(path, "rb") as f:
+            for name in names:
+                dest = torch.empty(plan[name].shape, dtype=dtype, device=device)
+                if staging is None:
+                    map_tensor_into(f, plan[name], dest, tick)
+                else:
+                    read_tensor_into(f, plan[name], dest, staging, tick)
+                set_parameter(model, name, dest)
+    model.tie_weights()
+
+
+def set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    setattr(owner, attr, nn.Parameter(value, requires_grad=False))
+
+
+def load_checkpoint(
+    folder: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn: str = "auto",
+    quantize: str = "none",
+    progress: Progress | None = None,
+) -> Starcoder2:
+    """Build the model described by `folder/config.json`, load its safetensors weights and pick the kernels
+    its matrix products run on (`quantize`: none or int8; see linear.py)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder")
+    config = read_config(folder)
+    files = checkpoint_files(folder)
+    device = resolve_device(device)
+    if quantize not in QUANTIZATIONS:
+        raise CheckpointError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
+    if quantize == "int8" and dtype in (None, "", "auto") and device.type == "cpu":
+        dtype = "bf16"  # half the memory while quantizing; what stays unquantized ends in fp32
+    dtype = resolve_dtype(dtype, device)
+    backend = select_backend(attn, device, dtype)
+    with torch.device("meta"):
+        model = Starcoder2(config, attn=backend)
+    load_weights(model, files, device=device, dtype=dtype, progress=progress)
+    model.kernels = prepare(model, quantize)
+    model.checkpoint_dir = folder
+    return model.eval()
+
+
+def save_checkpoint(model: Starcoder2, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `config.json` and a single `model.safetensors` (in `dtype`, default the model's), one tensor at
+    a time, so even a 3B model in fp32 is written without a second copy of it in memory."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    params = dict(model.named_parameters())  # a tied lm_head is listed once, as the bigcode files do
+    dtype = dtype or model.dtype
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, p in params.items():
+        size = p.numel() * dtype.itemsize
+        header[name] = {
+            "dtype": names[dtype],
+            "shape": list(p.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    tmp = folder / "model.safetensors.partial"
+    with open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for p in params.values():
+            tensor = p.detach().to("cpu", dtype).contiguous()
+            f.write(_as_bytes(tensor))
+    tmp.replace(folder / "model.safetensors")
+    return folder

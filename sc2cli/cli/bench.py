@@ -1,0 +1,113 @@
+"""`sc2 bench`: how fast a model runs here (the measuring is sc2cli/bench/)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..errors import InputError
+from ..settings import config_path
+from .app import app
+from .options import AttnOpt, DeviceOpt, DtypeOpt
+from .output import note, write
+
+
+@app.command(
+    short_help="Measure speed: prefill, decode, load, memory.",
+    rich_help_panel="Server",
+    epilog="Example:  sc2 bench --shape 3b --vs transformers --quantize int8",
+)
+def bench(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint (folder, repo id or alias).")] = None,
+    shape: Annotated[str | None, typer.Option(help="Random weights of a real shape instead: 3b, 7b, 15b or tiny.")] = None,
+    layers: Annotated[int | None, typer.Option(help="With --shape: only this many layers.")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    attn: AttnOpt = None,
+    quantize: Annotated[str, typer.Option(help="none or int8 (also reports greedy agreement with unquantized).")] = "none",
+    vs: Annotated[str | None, typer.Option("--vs", help="Compare with another engine on the same weights: transformers.")] = None,
+    prompt_lengths: Annotated[str, typer.Option(help="Prefill lengths, comma-separated.")] = "128,512,2048",
+    decode_tokens: Annotated[int, typer.Option(help="Tokens per decode measurement.")] = 32,
+    runs: Annotated[int, typer.Option(help="Runs per figure (the median is reported).")] = 3,
+    compile: Annotated[bool, typer.Option("--compile", help="Also time a torch.compile'd decode step.")] = False,
+    edits: Annotated[bool, typer.Option("--edits", help="Also time a warm server: cold, repeat, after a one-line edit.")] = False,
+    load: Annotated[bool, typer.Option("--load", help="Also time loading from disk and peak memory (fresh processes).")] = False,
+    checkpoint_dtype: Annotated[str, typer.Option(help="With --shape --load: the file's dtype (the 3B repo is fp32).")] = "fp32",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:  # fmt: skip
+    """Measure load time, prefill and decode speed, time to first token and memory bandwidth."""
+    from ..bench import REFERENCES, BenchOptions, run_bench  # torch: the benchmark runs models
+
+    if vs not in (None, "transformers"):
+        raise InputError(f"--vs {vs}: only transformers can be compared")
+    if vs and vs not in REFERENCES:
+        raise InputError(
+            f"--vs {vs}: transformers is the test-only reference, which sc2 never imports; from a checkout "
+            f'with `pip install -e ".[test]"` run `python -m tests.vs_transformers bench ... --vs {vs}`'
+        )
+    try:
+        lengths = tuple(int(n) for n in prompt_lengths.split(",") if n.strip())
+    except ValueError:
+        raise InputError(f"--prompt-lengths {prompt_lengths!r}: give numbers separated by commas") from None
+    options = BenchOptions(
+        model=model, shape=shape, layers=layers, device=device, dtype=dtype, attn=attn or "auto", quantize=quantize,
+        prompt_lengths=lengths, decode_tokens=max(decode_tokens, 3), runs=max(runs, 1),
+        vs_transformers=vs == "transformers", compile=compile, edits=edits,
+    )  # fmt: skip
+    log = (lambda message: None) if as_json else (lambda message: note(message, True))
+    report = run_bench(options, log)
+    if load:
+        _bench_load(report, options, checkpoint_dtype, log)
+    if as_json:
+        write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        _print_report(report)
+
+
+def _bench_load(report, options, checkpoint_dtype: str, log) -> None:
+    """Load time and peak RSS from disk, ours and (with --vs) transformers', in fresh processes."""
+    from ..bench import measure_load, write_random_checkpoint
+    from ..checkpoint.layout import read_config
+    from ..checkpoint.open import resolve_model
+
+    if options.model:
+        folder = resolve_model(options.model)
+    else:
+        folder = (
+            config_path().parent / "bench" / f"{options.shape}-{options.layers or 'all'}-{checkpoint_dtype}"
+        )
+        if not (folder / "model.safetensors").is_file():
+            log(f"writing a random {options.shape} checkpoint ({checkpoint_dtype}) to {folder}")
+            write_random_checkpoint(options.shape, options.layers, folder, checkpoint_dtype)
+    engines = ["sc2"] + (["transformers"] if options.vs_transformers else [])
+    dtype = options.dtype if options.dtype not in (None, "auto") else "bf16"
+    for engine, figures in measure_load(folder, engines, dtype).items():
+        report.add("load_s", engine, round(figures["load_s"], 2))
+        report.add("load_peak_rss_growth_gb", engine, round(figures["peak_rss_growth_gb"], 2))
+    report.setup["bf16_weight_gb"] = round(read_config(folder).weight_bytes(2) / 1e9, 2)
+    log("load: " + ", ".join(f"{k} {v}" for k, v in report.results["load_s"].items()) + " s")
+
+
+def _print_report(report) -> None:
+    from rich.console import Console  # rich's table: ~0.1 s of imports, only for this command
+    from rich.table import Table
+
+    setup = ", ".join(f"{k}={v}" for k, v in report.setup.items())
+    machine = ", ".join(f"{k}={v}" for k, v in report.machine.items())
+    engines = sorted({e for values in report.results.values() for e in values}, key=lambda e: (e != "sc2", e))
+    table = Table(title=f"sc2 bench: {setup}", caption=f"memory: {machine}")
+    table.add_column("metric")
+    for engine in engines:
+        table.add_column(engine, justify="right")
+    compare = "transformers" in engines
+    if compare:
+        table.add_column("sc2 / transformers", justify="right")
+    for metric, values in report.results.items():
+        row = [metric] + [str(values.get(e, "")) for e in engines]
+        if compare:
+            a, b = values.get("sc2"), values.get("transformers")
+            row.append(f"{a / b:.2f}x" if a and b else "")
+        table.add_row(*row)
+    Console().print(table)

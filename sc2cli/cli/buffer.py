@@ -1,0 +1,143 @@
+"""The buffer `sc2 complete` and `sc2 fim` work on: reading it, building its request, and printing the
+completion's events as text, JSON or JSON lines. Where the completion runs is the session's choice."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import session
+from ..completion.cursor import cursor_offset, parse_location
+from ..completion.events import Done, Event, Token
+from ..completion.prompt import Document
+from ..completion.request import CompletionRequest
+from ..completion.sampling import Sampling
+from ..completion.sources import read_stdin, read_text, relative_path, repository_of
+from ..errors import InputError
+from ..settings import Settings, load_settings
+from .options import CompletionOptions, OutputFormat
+from .output import ProgressBar, note, truncation_note, write
+
+
+@dataclass
+class Buffer:
+    """The text being completed and the cursor's offset in it; `path` is where it lives, if known."""
+
+    text: str
+    cursor: int
+    path: str | None
+
+
+def complete_at(location: str, byte_col: bool, path: str | None, opts: CompletionOptions) -> None:
+    """`sc2 complete`: the buffer is a file (or stdin) and the cursor FILE:LINE[:COL]."""
+    where = parse_location("-" + location[1:] if location.startswith("\0") else location)
+    text = read_stdin() if where.path == "-" else read_text(where.path)
+    file_path = path or (None if where.path == "-" else where.path)
+    cursor = cursor_offset(text, where.line, where.column, byte_column=byte_col, name=file_path or "stdin")
+    complete_buffer(Buffer(text, cursor, file_path), opts)
+
+
+def fill_in(prefix: str, suffix: str, path: str | None, opts: CompletionOptions) -> None:
+    """`sc2 fim`: the buffer is a prefix and a suffix, each text, @PATH or - (stdin)."""
+    if prefix == "-" and suffix == "-":
+        raise InputError("only one of --prefix and --suffix can read stdin (-)")
+    before, after = _text_option(prefix), _text_option(suffix)
+    complete_buffer(Buffer(before + after, len(before), path), opts)
+
+
+def _text_option(value: str) -> str:
+    if value == "-":
+        return read_stdin()
+    if value.startswith("@") and len(value) > 1:
+        return read_text(value[1:])
+    return value
+
+
+def complete_buffer(buffer: Buffer, opts: CompletionOptions) -> None:
+    """Shared by complete and fim: settings, request, where it runs, output."""
+    settings = load_settings(opts.settings_overrides())
+    request = build_request(buffer, opts, settings)
+    if opts.show_prompt:
+        _show_prompt(request, settings, opts)
+        return
+    endpoint = None if opts.no_server else session.find_server(settings, opts.revision, opts.server)
+    if endpoint is not None:
+        note(f"using the server at {endpoint}", opts.verbose)
+        events = session.stream_through(endpoint, request, opts.client_id)
+    else:
+        engine = session.open_engine(
+            settings, opts.revision, bar=ProgressBar, note=lambda message: note(message, opts.verbose)
+        )
+        events = engine.stream(request)
+    print_events(events, opts.output, buffer if opts.insert else None, opts.verbose)
+
+
+def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -> CompletionRequest:
+    """The request for the buffer: "\\n" newlines (the file's own are restored in the output), the
+    repository's name and the file's path in it, context files, sampling and budget."""
+    eol = "\r\n" if "\r\n" in buffer.text else "\n"
+    prefix = buffer.text[: buffer.cursor].replace("\r\n", "\n")
+    suffix = buffer.text[buffer.cursor :].replace("\r\n", "\n")
+    contexts = opts.context or []
+    anchor = buffer.path or (str(Path.cwd() / "_") if contexts else None)
+    repo, root = repository_of(anchor) if anchor else (None, Path.cwd())
+    return CompletionRequest(
+        prefix=prefix,
+        suffix=suffix,
+        path=relative_path(buffer.path, root) if buffer.path else None,
+        repo=opts.repo_name or repo,
+        context=tuple(Document(relative_path(c, root), read_text(c).replace("\r\n", "\n")) for c in contexts),
+        metadata=not opts.no_metadata,
+        max_tokens=settings.max_tokens,
+        sampling=Sampling(opts.temperature, opts.top_k, opts.top_p, opts.seed),
+        stop=tuple(opts.stop or ()),
+        raw=opts.raw,
+        heal=not opts.no_heal,
+        budget=settings.prompt_budget,
+        eol=eol,
+    )
+
+
+def _show_prompt(request: CompletionRequest, settings: Settings, opts: CompletionOptions) -> None:
+    prompt = session.prompt_only(request, settings, opts.revision, ProgressBar)
+    write(prompt.text)
+    healed = f"; the completion must start with {prompt.heal.decode('utf-8', 'replace')!r} (token healing)"
+    note(
+        f"{len(prompt.ids)} prompt tokens{truncation_note(prompt.truncated)}{healed if prompt.heal else ''}",
+        opts.verbose,
+    )
+
+
+def print_events(events: Iterator[Event], output: OutputFormat, insert: Buffer | None, verbose: bool) -> None:
+    """Stream text as it comes (text), or one object at the end (json), or every event (jsonl)."""
+    done: Done | None = None
+    record: dict = {}
+    for event in events:
+        if isinstance(event, Done):
+            done, record = event, event.to_json()
+            if insert is not None:
+                record["buffer"] = insert.text[: insert.cursor] + done.text + insert.text[insert.cursor :]
+        else:
+            record = event.to_json()
+        if output is OutputFormat.jsonl:
+            write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif output is OutputFormat.text and isinstance(event, Token) and insert is None:
+            write(event.text)
+    assert done is not None, "a completion's events end with Done"
+    if output is OutputFormat.json:
+        write(json.dumps({k: v for k, v in record.items() if k != "type"}, ensure_ascii=False) + "\n")
+    elif output is OutputFormat.text:
+        if insert is not None:
+            write(record["buffer"])
+        elif sys.stdout.isatty():
+            write("\n")
+    usage, t = done.usage, done.timings
+    note(
+        f"{usage.completion_tokens} tokens ({done.stop_reason}); prompt {usage.prompt_tokens} tokens "
+        f"({usage.cached_tokens} cached) in {t.prefill_s:.2f}s, {t.decode_tokens_per_s:.1f} tok/s"
+        f"{truncation_note(done.truncated)}",
+        verbose,
+    )

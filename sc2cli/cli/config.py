@@ -1,0 +1,63 @@
+"""`sc2 config`: show and change the settings file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from ..settings import config_path, resolve_settings, set_value, unset_value
+from .app import app
+
+config_app = typer.Typer(
+    name="config",
+    help="Show or change the settings file: model, device, dtype, attn, quantize, max_tokens, prompt_budget, offline.",
+    short_help="Show or change the settings.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, rich_help_panel="Models and settings")
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object, for scripts.")] = False,
+) -> None:
+    """The settings in force and where each comes from: option, environment (SC2_*), file or default."""
+    settings, sources = resolve_settings()
+    values = dataclasses.asdict(settings)
+    if as_json:
+        print(json.dumps(values, indent=2))
+        return
+    for key, value in values.items():
+        shown = "auto" if value is None else json.dumps(value) if isinstance(value, bool) else value
+        source = f"SC2_{key.upper()}" if sources[key] == "environment" else sources[key]
+        print(f"{key} = {shown}  ({source})")
+
+
+@config_app.command("set")
+def config_set(
+    key: Annotated[
+        str, typer.Argument(help="model, device, dtype, attn, max_tokens, prompt_budget or offline.")
+    ],
+    value: Annotated[str, typer.Argument(help="The new value, checked before it is saved.")],
+) -> None:
+    """Save a setting in the config file. Example: sc2 config set model 7b"""
+    key, stored = set_value(key, value)
+    print(f"sc2: {key} = {json.dumps(stored)} saved in {config_path()}", file=sys.stderr)
+
+
+@config_app.command("unset")
+def config_unset(key: Annotated[str, typer.Argument(help="The setting to remove from the file.")]) -> None:
+    """Remove a setting from the config file, back to its default."""
+    removed = unset_value(key)
+    state = "removed from" if removed else "was not set in"
+    print(f"sc2: {key} {state} {config_path()}", file=sys.stderr)
+
+
+@config_app.command("path")
+def config_file_path() -> None:
+    """Print where the config file lives (SC2_CONFIG_DIR moves it)."""
+    print(config_path())

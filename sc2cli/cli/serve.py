@@ -1,0 +1,114 @@
+"""`sc2 serve`: keep a model loaded and answer completions over HTTP and a Unix socket."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import InputError
+from ..settings import load_settings
+from .app import app
+from .options import (
+    AttnOpt,
+    BudgetOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OfflineOpt,
+    QuantizeOpt,
+    RevisionOpt,
+    VerboseOpt,
+)
+from .output import ProgressBar, note
+
+
+@app.command(name="serve", short_help="Keep a model loaded and serve completions.", rich_help_panel="Server")
+def serve_command(
+    model: ModelOpt = None, revision: RevisionOpt = None, offline: OfflineOpt = None, device: DeviceOpt = None,
+    dtype: DtypeOpt = None, attn: AttnOpt = None, quantize: QuantizeOpt = None,
+    budget: BudgetOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to share the model.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8712, or a free one if it is taken; 0: any).")] = None,
+    unix_socket: Annotated[bool, typer.Option("--socket/--no-socket", help="Also listen on a Unix socket in the runtime folder.")] = True,
+    idle_timeout: Annotated[float, typer.Option(help="Exit after this many seconds without a request (0: never).")] = 900,
+    token: Annotated[str | None, typer.Option(envvar="SC2_SERVER_TOKEN", help="Require this bearer token.")] = None,
+    cache_slots: Annotated[int, typer.Option(help="Prompt caches kept for reuse (one per file being edited).")] = 4,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 2048,
+    verbose: VerboseOpt = False,
+) -> None:  # fmt: skip
+    """Keep a model loaded and serve completions; sc2 complete/fim use it automatically.
+
+    Endpoints: POST /v1/complete (sc2's own), POST /infill (llama.cpp), POST /v1/completions (OpenAI,
+    prompt + suffix), GET /health, GET /v1/models, GET /v1/info.
+    """
+    from .. import session  # the library loads when the command runs (torch with the model)
+    from ..checkpoint.names import model_key
+    from ..serve.client import discover
+    from ..serve.runtime import announcement_path, socket_path
+    from ..serve.server import serve as run_server
+    from ..serve.service import DEFAULT_PORT, ServerOptions
+
+    settings = load_settings(
+        {
+            "model": model,
+            "device": device,
+            "dtype": dtype,
+            "attn": attn,
+            "prompt_budget": budget,
+            "offline": offline,
+            "quantize": quantize,
+        }
+    )
+    key = model_key(settings.model, revision)
+    if unix_socket and discover(key) is not None:
+        raise InputError(f"a server for {settings.model} is already running ({socket_path(key)})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        note(f"listening on {host}: reachable from other machines{'' if token else ' with no token'}", True)
+    options = ServerOptions(
+        host=host,
+        port=_free_port(host, DEFAULT_PORT) if port is None else port,
+        socket_path=socket_path(key) if unix_socket else None,
+        announcement=announcement_path(key) if unix_socket else None,
+        key=key,
+        token=token,
+        idle_timeout=idle_timeout,
+        max_tokens_limit=max_tokens_limit,
+        log=(lambda message: print(f"sc2 serve: {message}", file=sys.stderr, flush=True))
+        if verbose
+        else (lambda m: None),
+    )
+    engine = session.open_engine(
+        settings, revision, bar=ProgressBar, note=lambda message: note(message, True), cache_slots=cache_slots
+    )
+
+    def ready(details: dict) -> None:
+        where = f"http://{details['host']}:{details['port']}" + (
+            f" and unix://{details['socket']}" if details["socket"] else ""
+        )
+        print(f"sc2 serve: {settings.model} on {where} (pid {details['pid']})", file=sys.stderr, flush=True)
+
+    try:
+        why = run_server(engine, options, ready)
+    except OSError as e:
+        raise InputError(
+            f"cannot listen on {host}:{options.port} ({e.strerror or e}); pick another --port"
+        ) from None
+    print(
+        f"sc2 serve: stopped ({'idle for ' + str(int(idle_timeout)) + 's' if why == 'idle' else why})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _free_port(host: str, preferred: int) -> int:
+    """`preferred` if nothing listens there, else any free port."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, preferred))
+            return preferred
+        except OSError:
+            return 0

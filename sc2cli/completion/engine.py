@@ -1,0 +1,144 @@
+"""One completion, end to end: request -> prompt -> tokens -> text, as a stream of typed events.
+
+The same `CompletionRequest` and the same events (events.py: `Token` for each piece of text, then one
+`Done`) serve the in-process CLI, the warm server and the benchmark, so all print exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from ..model.model import Starcoder2
+from .events import Done, Event, Timings, Token, Usage
+from .generate import PromptCache, common_prefix, generate
+from .postprocess import Finisher, rules_for
+from .prompt import Prompt
+from .request import CompletionRequest, prompt_for
+from .tokenizer import Detokenizer, Tokenizer
+
+
+class Engine:
+    """A loaded model and its tokenizer, serving completion requests one at a time."""
+
+    def __init__(
+        self,
+        model: Starcoder2,
+        tokenizer: Tokenizer,
+        *,
+        name: str,
+        default_budget: int,
+        load_seconds: float = 0.0,
+        cache_slots: int = 0,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.default_budget = default_budget
+        self.load_seconds = load_seconds
+        self.limit = model.config.max_position_embeddings
+        self.cache_slots = cache_slots  # prompt caches kept between requests (a warm server); 0: none
+        self._caches: list[PromptCache] = []  # most recently used first
+
+    def _cache_for(self, ids: tuple[int, ...], max_tokens: int) -> PromptCache:
+        """The kept cache sharing the longest prefix with `ids` (a fresh one if none shares any and a slot
+        is free, else the least recently used); without slots, a cache just big enough."""
+        if not self.cache_slots:
+            return PromptCache(self.model, len(ids) + max_tokens)
+        shared = [common_prefix(c.tokens, ids) for c in self._caches]
+        best = max(range(len(shared)), key=shared.__getitem__, default=None)
+        if best is None or (shared[best] == 0 and len(self._caches) < self.cache_slots):
+            cache = PromptCache(self.model, self.limit)  # positions are only touched as they are used
+        else:
+            cache = self._caches.pop(best if shared[best] else -1)
+        self._caches = [cache, *self._caches][: self.cache_slots]
+        return cache
+
+    def describe(self) -> dict[str, object]:
+        """What runs here, for a server's info and its clients' choice of server."""
+        config = self.model.config
+        return {
+            "model": self.name,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "attn": self.model.attn_backend,
+            "default_budget": self.default_budget,
+            "max_position_embeddings": config.max_position_embeddings,
+            "sliding_window": config.sliding_window,
+            "vocab_size": config.vocab_size,
+            "cache_slots": self.cache_slots,
+            "load_s": round(self.load_seconds, 3),
+        }
+
+    def prompt(self, request: CompletionRequest) -> Prompt:
+        return prompt_for(request, self.tokenizer, self.default_budget, self.model.config)
+
+    def stream(
+        self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None
+    ) -> Iterator[Event]:
+        """Events for one completion; stopping the iteration early stops the model, and so does
+        `cancelled()` turning true (checked at every token)."""
+        prompt = self.prompt(request)
+        finisher = Finisher(rules_for(request.prefix, request.suffix, request.stop, request.raw))
+        detokenizer = Detokenizer(self.tokenizer, skip=len(prompt.heal))
+        cache = self._cache_for(prompt.ids, request.max_tokens)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        unsent = 0  # tokens[unsent:] are not in any event yet
+        started = time.perf_counter()
+        first_token_at = None
+        steps = generate(
+            self.model, prompt.ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
+            stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled, forced=prompt.heal,
+            token_bytes=self.tokenizer.token_bytes,
+        )  # fmt: skip
+        try:
+            for step in steps:
+                first_token_at = first_token_at or time.perf_counter()
+                tokens.append(step.token)
+                logprobs.append(step.logprob)
+                piece = finisher.feed(detokenizer.push(step.token))
+                if piece:
+                    yield Token(
+                        piece.replace("\n", request.eol), tuple(tokens[unsent:]), tuple(logprobs[unsent:])
+                    )
+                    unsent = len(tokens)
+                if finisher.done:
+                    break
+        finally:
+            steps.close()
+        stopped_by_caller = cancelled is not None and not finisher.done and cancelled()
+        ended = time.perf_counter()
+        piece = (
+            ""
+            if finisher.done or stopped_by_caller
+            else finisher.feed(detokenizer.flush()) + finisher.finish()
+        )
+        if piece:
+            yield Token(piece.replace("\n", request.eol), tuple(tokens[unsent:]), tuple(logprobs[unsent:]))
+        reason = finisher.reason or ("max_tokens" if len(tokens) >= request.max_tokens else "eos")
+        reason = "cancelled" if stopped_by_caller else reason
+        usage = Usage(len(prompt.ids), len(tokens), cache.reused)
+        yield Done(
+            text=finisher.final.replace("\n", request.eol),
+            tokens=tuple(tokens),
+            logprobs=tuple(logprobs),
+            stop_reason=reason,
+            usage=usage,
+            timings=_timings(self.load_seconds, started, first_token_at or ended, ended, usage),
+            truncated=prompt.truncated,
+            healed=prompt.heal.decode("utf-8", "replace"),
+            model=self.name,
+        )
+
+
+def _timings(load: float, started: float, first: float, ended: float, usage: Usage) -> Timings:
+    prefill, decode = first - started, ended - first
+    computed, generated = usage.computed_tokens, usage.completion_tokens
+    return Timings(
+        load_s=round(load, 4),
+        prefill_s=round(prefill, 4),
+        prefill_tokens_per_s=round(computed / prefill, 2) if prefill > 0 else 0.0,
+        decode_s=round(decode, 4),
+        decode_tokens_per_s=round((generated - 1) / decode, 2) if decode > 0 and generated > 1 else 0.0,
+    )

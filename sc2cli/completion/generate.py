@@ -1,0 +1,178 @@
+"""Token generation: sampling as pure functions, and a generator of token ids over a KV cache.
+
+`generate` yields one `Step` (token id and its log-probability) per new token and returns when the model
+emits a stop token (never yielded) or the token limit is reached. Decoding text, deciding where a
+completion ends, timing and printing are layered on top by the caller, which may simply stop iterating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ..errors import InputError
+from ..model.model import KVCache, Starcoder2
+from .sampling import Sampling
+
+PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the attention scores' memory
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """logits (V,): everything below the k-th largest becomes -inf."""
+    if k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k).values[-1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """logits (V,): keep the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= p  # mass before this token already ≥ p
+    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def choose(
+    logits: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
+) -> int:
+    """Pick the next token from fp32 logits (V,), among the `allowed` ones (bool (V,)) if given."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if sampling.greedy:
+        return int(torch.argmax(logits))
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        logits = top_k_filter(logits, sampling.top_k)
+    if sampling.top_p is not None:
+        logits = top_p_filter(logits, sampling.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def healing_mask(
+    token_bytes: Sequence[bytes], healed: bytes, stop_ids: frozenset[int], size: int
+) -> torch.Tensor:
+    """The tokens a healed prompt may go on with: those that start with the `healed` bytes (the token taken
+    out of the prompt among them). bool (V,)."""
+    allowed = torch.zeros(size, dtype=torch.bool)
+    allowed[[i for i, b in enumerate(token_bytes[:size]) if b.startswith(healed) and i not in stop_ids]] = (
+        True
+    )
+    return allowed
+
+
+class Step(NamedTuple):
+    token: int
+    logprob: float  # under the model's raw distribution (temperature 1), in fp32
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest shared start of two token sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PromptCache:
+    """A KV cache and the token ids it holds, so a new prompt recomputes only what follows the longest
+    common prefix with the previous one."""
+
+    def __init__(self, model: Starcoder2, max_length: int | None = None) -> None:
+        self.kv: KVCache = model.new_cache(max_length)
+        self.tokens: list[int] = []
+        self.reused = 0  # tokens the last prompt found already computed
+
+    @property
+    def max_length(self) -> int:
+        return self.kv.max_length
+
+    def reuse(self, ids: Sequence[int]) -> int:
+        """Keep the cached prefix shared with `ids` (all but the last token at most); return its length."""
+        n = min(common_prefix(self.tokens, ids), len(ids) - 1)
+        self.kv.truncate(n)
+        del self.tokens[n:]
+        self.reused = n
+        return n
+
+
+@torch.inference_mode()
+def prefill(
+    model: Starcoder2,
+    ids: Sequence[int],
+    cache: PromptCache,
+    chunk: int = PREFILL_CHUNK,
+    cancelled: Callable[[], bool] | None = None,
+) -> torch.Tensor | None:
+    """Run `ids` through the model after what the cache holds; return the last position's logits (V,),
+    or None if `cancelled()` turned true between chunks (what was computed stays cached for reuse)."""
+    logits = None
+    for i in range(0, len(ids), chunk):
+        if cancelled is not None and cancelled():
+            return None
+        part = torch.tensor([list(ids[i : i + chunk])], device=model.device)
+        logits = model(part, cache.kv, last_only=True)
+        cache.tokens += ids[i : i + chunk]
+    assert logits is not None, "prefill needs at least one token"
+    return logits[0, -1].float()
+
+
+@torch.inference_mode()
+def decode_one(model: Starcoder2, token: int, cache: PromptCache) -> torch.Tensor:
+    logits = model(torch.tensor([[token]], device=model.device), cache.kv)
+    cache.tokens.append(token)
+    return logits[0, -1].float()
+
+
+def generate(
+    model: Starcoder2,
+    prompt: Sequence[int],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+    stop_ids: frozenset[int] = frozenset(),
+    cache: PromptCache | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    forced: bytes = b"",
+    token_bytes: Sequence[bytes] = (),
+) -> Iterator[Step]:
+    """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`, or as
+    soon as `cancelled()` turns true (checked between prefill chunks and between tokens). The first
+    token starts with the bytes `forced` (a healed prompt's last token; `token_bytes` maps ids to bytes)."""
+    if not prompt:
+        raise InputError("empty prompt")
+    room = (cache.max_length if cache else model.config.max_position_embeddings) - len(prompt)
+    if room < 1:
+        raise InputError(f"the prompt has {len(prompt)} tokens; the model holds {len(prompt) + room}")
+    max_new_tokens = min(max_new_tokens, room)
+    if cache is None:
+        cache = PromptCache(model, len(prompt) + max_new_tokens)
+    reused = cache.reuse(prompt)
+    sampling = sampling or Sampling()
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
+    logits = prefill(model, prompt[reused:], cache, cancelled=cancelled)
+    for produced in range(1, max_new_tokens + 1):
+        if logits is None or (cancelled is not None and cancelled()):
+            return
+        allowed = None
+        if forced and produced == 1:
+            allowed = healing_mask(token_bytes, forced, stop_ids, logits.shape[-1]).to(logits.device)
+        token = choose(logits, sampling, generator, allowed)
+        if token in stop_ids:
+            return
+        yield Step(token, float(torch.log_softmax(logits, dim=-1)[token]))
+        if produced < max_new_tokens:
+            logits = decode_one(model, token, cache)

@@ -1,0 +1,68 @@
+"""The sliding-window rule in one place: every backend, every mix of cached and new keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sc2cli.errors import InputError
+from sc2cli.model.attention import (
+    eager_attention,
+    first_visible_key,
+    sdpa_attention,
+    select_backend,
+    visibility,
+)
+
+
+def rule(i: int, j: int, window: int | None) -> bool:
+    """The reference's definition: query i sees key j iff i - W < j <= i."""
+    return j <= i and (window is None or j > i - window)
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 8])
+@pytest.mark.parametrize(("q_start", "length"), [(0, 1), (0, 12), (5, 1), (5, 7), (20, 1), (20, 4)])
+def test_visibility_is_the_rule(window, q_start, length):
+    k_start = first_visible_key(q_start, window)
+    vis = visibility(q_start, length, k_start, window, torch.device("cpu"))
+    keys = range(k_start, q_start + length)
+    expected = torch.tensor([[rule(i, j, window) for j in keys] for i in range(q_start, q_start + length)])
+    if vis.mask is not None:
+        got = vis.mask
+    elif vis.causal:
+        got = torch.ones(length, len(keys), dtype=torch.bool).tril()
+    else:
+        got = torch.ones(length, len(keys), dtype=torch.bool)
+    assert torch.equal(got, expected)
+    # and no key the caller leaves out could have been visible
+    assert all(not rule(i, j, window) for i in range(q_start, q_start + length) for j in range(k_start))
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize(("q_start", "length", "window"), [(0, 10, None), (0, 10, 4), (6, 5, 4), (9, 1, 4)])
+def test_sdpa_equals_eager(groups, q_start, length, window):
+    torch.manual_seed(0)
+    k_start = first_visible_key(q_start, window)
+    s = q_start + length - k_start
+    q = torch.randn(2, 2 * groups, length, 16)
+    k, v = torch.randn(2, 2, s, 16), torch.randn(2, 2, s, 16)
+    vis = visibility(q_start, length, k_start, window, q.device)
+    torch.testing.assert_close(sdpa_attention(q, k, v, vis), eager_attention(q, k, v, vis), atol=1e-5, rtol=0)
+
+
+def test_auto_picks_sdpa_on_cpu():
+    assert select_backend("auto", torch.device("cpu"), torch.float32) == "sdpa"
+    assert select_backend("eager", torch.device("cpu"), torch.bfloat16) == "eager"
+
+
+def test_flash_where_it_cannot_run_is_an_error_not_a_fallback():
+    with pytest.raises(InputError, match="needs a CUDA GPU"):
+        select_backend("flash", torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(InputError, match="unknown attention backend"):
+        select_backend("fast", torch.device("cpu"), torch.float32)
+
+
+def test_flash_window_argument():
+    vis = visibility(10, 1, first_visible_key(10, 4), 4, torch.device("cpu"))
+    assert vis.flash_window == (3, 0)  # flash-attn's (left, right): keys i-3..i, the same W=4 keys
+    assert visibility(0, 3, 0, None, torch.device("cpu")).flash_window == (-1, -1)
