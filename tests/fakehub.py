@@ -11,9 +11,10 @@ It serves what the client calls, the way the hub answers:
   GET  {cdn}/{sha256}                        the bytes, with Range requests (206 + Content-Range)
 Errors carry the hub's `X-Error-Code` header (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo), which
 is what the client turns into its exception classes. Every request is logged, and the CDN counts the bytes it
-sends of each blob, for the tests to inspect. To exercise resumption, the CDN's next answer for a blob can drop
-the connection halfway through (`interrupt`) or stall after byte N until the client hangs up (`stall`), and it
-can ignore Range headers (`honour_ranges = False`), answering 200 with the whole file as some servers do.
+sends of each blob, for the tests to inspect (`served` first waits for the writes under way to be counted). To
+exercise resumption, the CDN's next answer for a blob can drop the connection halfway through (`interrupt`) or
+stall after byte N until the client hangs up (`stall`), and it can ignore Range headers (`honour_ranges = False`),
+answering 200 with the whole file as some servers do.
 
 `tiny_checkpoint()` writes a random StarCoder2 checkpoint in pure Python: a config.json, safetensors weights
 with the Hugging Face tensor names (one file or shards plus index) and a tokenizer.json.
@@ -29,12 +30,15 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin")
 STALL_LIMIT = 30.0  # seconds a stalled answer waits for the client to hang up before the server does
+SEND_LIMIT = 30.0  # seconds `served` waits for the writes under way to end
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,10 +190,10 @@ class FakeHub:
         self.interrupt_once: set[str] = set()  # sha256 of blobs whose next GET stops halfway
         self.stall_once: dict[str, int] = {}  # sha256 -> the byte at which the blob's next GET stalls
         self.honour_ranges = True  # False: the CDN answers every GET with the whole file (200)
-        # sha256 -> bytes of the blob the CDN has sent, all requests together
-        self.served: dict[str, int] = {}
+        self._served: dict[str, int] = {}  # see `served`
+        self._sending = 0  # writes under way: sent, or being sent, and not yet counted
+        self._sent = threading.Condition()
         self.released = threading.Event()  # set when the server stops: stalled answers end
-        self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
 
     # -- content --------------------------------------------------------------------------------------
@@ -215,8 +219,30 @@ class FakeHub:
         self.stall_once[hashlib.sha256(data).hexdigest()] = at
 
     def count_served(self, sha: str, n: int) -> None:
-        with self._lock:
-            self.served[sha] = self.served.get(sha, 0) + n
+        with self._sent:
+            self._served[sha] = self._served.get(sha, 0) + n
+
+    @contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around a write and its count: `served` waits for it to end."""
+        with self._sent:
+            self._sending += 1
+        try:
+            yield
+        finally:
+            with self._sent:
+                self._sending -= 1
+                self._sent.notify_all()
+
+    @property
+    def served(self) -> dict[str, int]:
+        """sha256 -> bytes of the blob the CDN has sent, all requests together. A client can hold every byte of
+        an answer while the server thread that wrote them has yet to count them (a busy machine may not run it
+        for a while), so this waits for the writes under way to end: what a client has received is counted."""
+        with self._sent:
+            if not self._sent.wait_for(lambda: self._sending == 0, timeout=SEND_LIMIT):
+                raise AssertionError(f"the fake CDN was still sending after {SEND_LIMIT:.0f} s")
+            return dict(self._served)
 
     def requests_to(self, fragment: str, method: str | None = None) -> list[Request]:
         return [r for r in self.requests if fragment in r.path and (method is None or r.method == method)]
@@ -448,13 +474,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write(self, data: bytes, sha: str | None) -> None:
         """Send `data`, counting it as served of blob `sha`; a client that hung up is no error here."""
-        try:
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-            return
-        if sha is not None:
-            self.hub.count_served(sha, len(data))
+        with self.hub.sending():
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+                return
+            if sha is not None:
+                self.hub.count_served(sha, len(data))
 
 
 def _range_start(header: str | None) -> int | None:
