@@ -141,12 +141,22 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class Embedding(nn.Embedding):
+    """`nn.Embedding` that skips its random init on the meta device, where there are no values to fill:
+    `normal_` on a meta tensor runs torch's Python reference, whose first call imports torch._dynamo
+    (over a second). Off the meta device it initialises exactly as `nn.Embedding` does."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class Decoder(nn.Module):
     """The `model.` part of the Hugging Face names: embedding, blocks, final norm."""
 
     def __init__(self, config: ModelConfig, attend: AttentionFn) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i, attend) for i in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_epsilon)
 
