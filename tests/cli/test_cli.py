@@ -135,6 +135,18 @@ def test_show_prompt_does_not_import_torch(model, repo):
     assert out.stderr.strip() == "False"
 
 
+def test_a_completion_does_not_import_torch_dynamo(model, repo):
+    """Building the model on the meta device must not reach torch's Python references (an embedding's
+    normal_ there imports torch._dynamo, over a second of every cold start)."""
+    script = (
+        "import sys\nfrom sc2cli.cli import main\ntry:\n"
+        f"    main(['complete', {str(repo / 'src/app.py:2')!r}, '-m', {str(model)!r}, '--max-tokens', '2'])\n"
+        "except SystemExit:\n    pass\nprint('torch._dynamo' in sys.modules, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "False"
+
+
 def test_stdin_buffer_with_path_builds_the_same_prompt(capsys, monkeypatch, model, repo):
     monkeypatch.chdir(repo)
     _, from_file, _ = sc2(capsys, monkeypatch, "complete", "src/app.py:5:8", "-m", model, "--show-prompt")

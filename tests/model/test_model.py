@@ -184,3 +184,14 @@ def test_cuda_backends_match_cpu_eager(pair, tokens, attn):
         )
     assert (full - expected).abs().max() < 0.05
     assert (steps.float().cpu() - expected).abs().max() < 0.05
+
+
+def test_embedding_initialises_like_nn_embedding_off_the_meta_device():
+    from sc2cli.model.model import Embedding
+
+    torch.manual_seed(3)
+    ours = Embedding(50, 8).weight
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.nn.Embedding(50, 8).weight)
+    with torch.device("meta"):
+        assert Embedding(50, 8).weight.is_meta
