@@ -115,7 +115,7 @@ def prompt_only(
 def find_server(settings: Settings, revision: str | None, url: str | None = None) -> Endpoint | None:
     """The server to use: the one `url` names, else a warm one for this model found in the runtime folder,
     unless the settings ask for a device, dtype or attention backend it does not run with."""
-    from .serve.client import Endpoint, discover
+    from .serve.client import Endpoint, discover  # http.client: only when a server is looked for
 
     if url:
         return Endpoint.from_url(url, os.environ.get("SC2_SERVER_TOKEN"))
@@ -138,6 +138,6 @@ def _canonical(key: str, value: str) -> str:
 
 def stream_through(endpoint: Endpoint, request: CompletionRequest, client_id: str | None) -> Iterator[Event]:
     """The completion's events from a warm server (the same records the engine makes)."""
-    from .serve.client import stream_completion
+    from .serve.client import stream_completion  # as in find_server
 
     return stream_completion(endpoint, request.to_json(), client_id)
