@@ -141,7 +141,9 @@ def build_prompt(
 ) -> Prompt:
     """The prompt for `task`, trimmed so it has at most `budget` tokens: whole lines farthest from the
     cursor go first, most of the room goes to the prefix, context files fill what remains. The suffix
-    keeps at most 1/SUFFIX_SHARE of the room and at most `max_suffix` tokens, whole lines from its start."""
+    keeps at most 1/SUFFIX_SHARE of the room and at most `max_suffix` tokens, whole lines from its start,
+    but always the rest of the cursor's line (its start only if it alone takes over half the room): it says
+    where the line being completed ends, for the model and for the stop rules."""
     if task.empty:
         raise InputError("empty prompt: nothing before or after the cursor, no path and no context")
     ids = encode_pieces(layout(task), encoder)
@@ -202,9 +204,11 @@ def _fit(task: FimTask, encoder: Encoder, budget: int, suffix_room: int) -> FimT
     prefix_lines = task.prefix.splitlines(keepends=True) or [""]
     suffix_lines = task.suffix.splitlines(keepends=True)
     p_counts, s_counts = encoder.encode_lines(prefix_lines), encoder.encode_lines(suffix_lines)
-    kept_suffix = _take_from_start(s_counts, suffix_room)
+    kept_suffix = max(_take_from_start(s_counts, suffix_room), min(1, len(suffix_lines)))
     suffix = "".join(suffix_lines[:kept_suffix])
     s_used = sum(s_counts[:kept_suffix])
+    if kept_suffix == 1 and s_used > room // 2:  # the rest of the cursor's line alone is enormous: its start
+        suffix, s_used = _cut_end(suffix, room // 2, encoder), room // 2
     prefix, p_used = _trim_prefix(prefix_lines, p_counts, room - s_used, encoder)
     used = p_used + s_used
     context_room = room - -(-used // CONTEXT_QUANTUM) * CONTEXT_QUANTUM  # room minus `used` rounded up
@@ -220,6 +224,13 @@ def _take_from_start(counts: Sequence[int], room: int) -> int:
             return i
         total += c
     return len(counts)
+
+
+def _cut_end(line: str, room: int, encoder: Encoder) -> str:
+    """The start of one enormous line that fits `room` tokens."""
+    while line and len(encoder.encode(line)) > room:
+        line = line[: len(line) - max(1, len(line) // 10)]
+    return line
 
 
 def _trim_prefix(lines: list[str], counts: list[int], room: int, encoder: Encoder) -> tuple[str, int]:
@@ -262,15 +273,20 @@ def _shave(kept: FimTask, original: FimTask, budget: int) -> FimTask:
         context = kept.context[:-1] + ((Document(last.path, "".join(lines[:-1])),) if len(lines) > 1 else ())
         return FimTask(kept.prefix, kept.suffix, kept.path, kept.repo, context, kept.metadata)
     suffix_lines = kept.suffix.splitlines(keepends=True)
-    if suffix_lines:
+    if len(suffix_lines) > 1:  # the first line, the rest of the cursor's, goes only after the whole prefix
         return FimTask(kept.prefix, "".join(suffix_lines[:-1]), kept.path, kept.repo, (), kept.metadata)
     prefix_lines = kept.prefix.splitlines(keepends=True)
-    prefix = (
-        "".join(prefix_lines[1:]) if len(prefix_lines) > 1 else kept.prefix[max(1, len(kept.prefix) // 10) :]
-    )
-    if not prefix and not kept.prefix:
+    if kept.prefix:
+        prefix = (
+            "".join(prefix_lines[1:])
+            if len(prefix_lines) > 1
+            else kept.prefix[max(1, len(kept.prefix) // 10) :]
+        )
+        return FimTask(prefix, kept.suffix, kept.path, kept.repo, (), kept.metadata)
+    if not kept.suffix:
         raise InputError(f"the prompt budget of {budget} tokens is too small; raise it")
-    return FimTask(prefix, kept.suffix, kept.path, kept.repo, (), kept.metadata)
+    suffix = kept.suffix[: len(kept.suffix) - max(1, len(kept.suffix) // 10)]
+    return FimTask(kept.prefix, suffix, kept.path, kept.repo, (), kept.metadata)
 
 
 def _dropped(task: FimTask, kept: FimTask, encoder: Encoder) -> Truncation:

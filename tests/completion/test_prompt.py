@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from sc2cli.completion.cursor import Location, cursor_offset, line_count, parse_location
 from sc2cli.completion.prompt import (
@@ -284,3 +286,42 @@ def test_healing_never_splits_a_character(real):
     assert heal(whole, real) == whole
     healed = heal(build_prompt(FimTask("xé", "y"), real), real)
     assert healed.heal == "é".encode() and healed.text == "<fim_prefix>x<fim_suffix>y<fim_middle>"
+
+
+# ------------------------------------------------------------------------------------------------ the cursor's line
+
+
+_words = st.lists(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), min_size=0, max_size=12).map(" ".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.lists(_words, max_size=60),
+    head=_words,
+    rest=_words,
+    after=st.lists(_words, max_size=60),
+    budget=st.integers(40, 1200),
+    max_suffix=st.one_of(st.none(), st.integers(0, 80)),
+)
+def test_the_rest_of_the_cursors_line_always_stays(real, before, head, rest, after, budget, max_suffix):
+    """However small the budget or the window's share, the text after the cursor up to the line's end stays:
+    without it the model cannot see the line it is completing ends there, and the stop rules misread it."""
+    prefix = "".join(f"{line}\n" for line in before) + head
+    rest_of_line = rest + ("\n" if after else "")
+    suffix = rest_of_line + "".join(f"{line}\n" for line in after)
+    room = budget - len(real.encode("f.py\n")) - 5
+    # the case the rule cannot serve: the rest of the line takes more than half of what the prompt holds
+    assume(len(real.encode(rest_of_line)) <= room // 2)
+    task = FimTask(prefix, suffix, path="f.py", repo="r")
+    prompt = build_prompt(task, real, budget, max_suffix=max_suffix)
+    assert len(prompt.ids) <= budget
+    assert prompt.task.suffix.startswith(rest_of_line)
+    assert suffix.startswith(prompt.task.suffix) and prefix.endswith(prompt.task.prefix)
+
+
+def test_a_tiny_window_share_keeps_the_rest_of_the_line(real):
+    """The reported case: a 256-token window gives the suffix 64 tokens; a long rest of line used to go."""
+    rest = " + ".join(f"term_{i}" for i in range(20)) + "\n"
+    task = FimTask(numbered(50) + "total = ", rest + numbered(50, 50), path="f.py", repo="r")
+    prompt = build_prompt(task, real, 400, max_suffix=10)
+    assert prompt.task.suffix == rest and len(prompt.ids) <= 400
