@@ -20,6 +20,8 @@ FORBIDDEN = {
     "serve": {"cli", "session", "bench", "dev"},
     "session": {"cli", "bench", "dev"},
     "bench": {"cli", "dev", "serve"},
+    "repo": {"checkpoint", "serve", "cli", "session", "bench", "dev", "eval", "model"},
+    "eval": {"cli", "serve", "dev", "bench"},
     "settings": {"model", "checkpoint", "completion", "serve", "cli", "session", "bench", "dev"},
     "errors": {"model", "checkpoint", "completion", "serve", "cli", "session", "bench", "dev", "settings"},
 }
@@ -97,6 +99,7 @@ TORCH_FREE = [
     "sc2cli.completion.sources",
     "sc2cli.serve.client",
     "sc2cli.serve.runtime",
+    "sc2cli.repo.context",
 ]
 
 

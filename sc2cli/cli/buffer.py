@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import session
 from ..completion.cursor import cursor_offset, parse_location
 from ..completion.events import Done, Event, Token
-from ..completion.prompt import Document
+from ..completion.prompt import Document, Prompt
 from ..completion.request import CompletionRequest
 from ..completion.sampling import Sampling
 from ..completion.sources import read_stdin, read_text, relative_path, repository_of
@@ -72,7 +72,10 @@ def complete_buffer(buffer: Buffer, opts: CompletionOptions) -> None:
             settings, opts.revision, bar=ProgressBar, note=lambda message: note(message, opts.verbose)
         )
         events = engine.stream(request)
-    print_events(events, opts.output, buffer if opts.insert else None, opts.verbose)
+    report = {}
+    if opts.output is OutputFormat.json and request.context:  # which documents went in, tokens each
+        report = {"context": context_report(session.prompt_only(request, settings, opts.revision))}
+    print_events(events, opts.output, buffer if opts.insert else None, opts.verbose, report)
 
 
 def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -> CompletionRequest:
@@ -84,12 +87,17 @@ def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -
     contexts = opts.context or []
     anchor = buffer.path or (str(Path.cwd() / "_") if contexts else None)
     repo, root = repository_of(anchor) if anchor else (None, Path.cwd())
+    given = tuple(
+        Document(relative_path(c, root), read_text(c).replace("\r\n", "\n"), "--context") for c in contexts
+    )
+    documents = given + _auto_context(buffer.path, prefix, suffix, given, opts, settings)
     return CompletionRequest(
         prefix=prefix,
         suffix=suffix,
         path=relative_path(buffer.path, root) if buffer.path else None,
         repo=opts.repo_name or repo,
-        context=tuple(Document(relative_path(c, root), read_text(c).replace("\r\n", "\n")) for c in contexts),
+        context=documents,
+        context_share=opts.context_budget if documents else 0.0,
         metadata=not opts.no_metadata,
         max_tokens=settings.max_tokens,
         sampling=Sampling(opts.temperature, opts.top_k, opts.top_p, opts.seed),
@@ -101,6 +109,37 @@ def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -
     )
 
 
+def _auto_context(
+    path: str | None,
+    prefix: str,
+    suffix: str,
+    given: tuple[Document, ...],
+    opts: CompletionOptions,
+    settings: Settings,
+) -> tuple[Document, ...]:
+    """Imported files and similar chunks of the file's git repository, for the context's share of the budget."""
+    if path is None or opts.no_auto_context or not opts.context_budget:
+        return ()
+    from ..model.device import default_budget, probable_device_type
+    from ..repo.context import auto_context
+
+    budget = settings.prompt_budget or default_budget(probable_device_type(settings.device))
+    room = int((budget - settings.max_tokens) * opts.context_budget) - sum(len(d.text) for d in given) // 3
+    chosen = auto_context(Path(path), prefix, suffix, room, [d.path for d in given])
+    if chosen.root is not None:
+        note(f"auto context: {len(chosen.documents)} documents; index checked in {chosen.index_s * 1000:.0f} ms "
+             f"({chosen.indexed_files} files indexed anew)", opts.verbose)  # fmt: skip
+    return chosen.documents
+
+
+def context_report(prompt: Prompt) -> list[dict[str, object]]:
+    """Which files and chunks went into the prompt, why, and how many tokens each took."""
+    return [
+        {"path": d.path, "origin": d.origin, "tokens": n}
+        for d, n in zip(prompt.task.context, prompt.context_tokens, strict=True)
+    ]
+
+
 def _show_prompt(request: CompletionRequest, settings: Settings, opts: CompletionOptions) -> None:
     prompt = session.prompt_only(request, settings, opts.revision, ProgressBar)
     write(prompt.text)
@@ -109,15 +148,23 @@ def _show_prompt(request: CompletionRequest, settings: Settings, opts: Completio
         f"{len(prompt.ids)} prompt tokens{truncation_note(prompt.truncated)}{healed if prompt.heal else ''}",
         opts.verbose,
     )
+    for item in context_report(prompt):
+        note(f"context {item['path']} ({item['origin'] or 'given'}): {item['tokens']} tokens", opts.verbose)
 
 
-def print_events(events: Iterator[Event], output: OutputFormat, insert: Buffer | None, verbose: bool) -> None:
-    """Stream text as it comes (text), or one object at the end (json), or every event (jsonl)."""
+def print_events(
+    events: Iterator[Event],
+    output: OutputFormat,
+    insert: Buffer | None,
+    verbose: bool,
+    extra: dict | None = None,
+) -> None:
+    """Stream text as it comes (text), or one object at the end (json, with `extra`), or every event (jsonl)."""
     done: Done | None = None
     record: dict = {}
     for event in events:
         if isinstance(event, Done):
-            done, record = event, event.to_json()
+            done, record = event, {**event.to_json(), **(extra or {})}
             if insert is not None:
                 record["buffer"] = insert.text[: insert.cursor] + done.text + insert.text[insert.cursor :]
         else:

@@ -80,6 +80,25 @@ ContextOpt = Annotated[
         rich_help_panel=_PROMPT,
     ),
 ]
+ContextBudgetOpt = Annotated[
+    float,
+    typer.Option(
+        "--context-budget",
+        min=0.0,
+        max=0.9,
+        help="Share of the prompt the prefix leaves to other files (--context and automatic context).",
+        rich_help_panel=_PROMPT,
+    ),
+]
+NoAutoContextOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-auto-context",
+        help="In a git repository, show only --context files: not the imported files and similar code "
+        "sc2 finds among the tracked files.",
+        rich_help_panel=_PROMPT,
+    ),
+]
 RepoNameOpt = Annotated[
     str | None,
     typer.Option(
@@ -171,6 +190,8 @@ class CompletionOptions:
     raw: RawOpt = False
     no_heal: NoHealOpt = False
     context: ContextOpt = None
+    context_budget: ContextBudgetOpt = 0.25
+    no_auto_context: NoAutoContextOpt = False
     repo_name: RepoNameOpt = None
     no_metadata: NoMetadataOpt = False
     budget: BudgetOpt = None

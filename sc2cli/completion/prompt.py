@@ -13,6 +13,7 @@ the suffix, which follows the prefix and so is recomputed after any edit above t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,10 +38,12 @@ class Piece:
 
 @dataclass(frozen=True)
 class Document:
-    """A file given as context: its path relative to the repository root, and its text."""
+    """A file given as context: its path relative to the repository root, and its text (a whole file or a
+    chunk of one). `origin` says why it is there (--context, import, similar: lines ...); not in the prompt."""
 
     path: str
     text: str
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class Prompt:
     task: FimTask  # what was kept, after trimming
     truncated: Truncation = field(default_factory=Truncation)
     heal: bytes = b""  # the prefix's last token, taken out: the completion must start with these bytes
+    context_tokens: tuple[int, ...] = ()  # what each kept context document takes, its <file_sep> included
 
     @property
     def text(self) -> str:
@@ -137,10 +141,15 @@ def encode_pieces(pieces: Sequence[Piece], encoder: Encoder) -> list[int]:
 
 
 def build_prompt(
-    task: FimTask, encoder: Encoder, budget: int | None = None, max_suffix: int | None = None
+    task: FimTask,
+    encoder: Encoder,
+    budget: int | None = None,
+    max_suffix: int | None = None,
+    context_room: int = 0,
 ) -> Prompt:
     """The prompt for `task`, trimmed so it has at most `budget` tokens: whole lines farthest from the
-    cursor go first, most of the room goes to the prefix, context files fill what remains. The suffix
+    cursor go first, most of the room goes to the prefix, context files fill what remains, and at least
+    `context_room` tokens if they have that much (the prefix gives way to them). The suffix
     keeps at most 1/SUFFIX_SHARE of the room and at most `max_suffix` tokens, whole lines from its start,
     but always the rest of the cursor's line (its start only if it alone takes over half the room): it says
     where the line being completed ends, for the model and for the stop rules."""
@@ -148,20 +157,33 @@ def build_prompt(
         raise InputError("empty prompt: nothing before or after the cursor, no path and no context")
     ids = encode_pieces(layout(task), encoder)
     if budget is None and max_suffix is None:
-        return Prompt(tuple(layout(task)), tuple(ids), task)
+        return Prompt(tuple(layout(task)), tuple(ids), task, context_tokens=context_tokens(task, encoder))
     limit = budget if budget is not None else len(ids) + CONTEXT_QUANTUM  # None: room for all but the suffix
     suffix_room = _room(task, encoder, limit) // SUFFIX_SHARE if budget is not None else len(ids)
     suffix_room = suffix_room if max_suffix is None else min(suffix_room, max_suffix)
     if len(ids) <= limit and len(encoder.encode(task.suffix)) <= suffix_room:
-        return Prompt(tuple(layout(task)), tuple(ids), task)
-    kept = _fit(task, encoder, limit, suffix_room)
+        return Prompt(tuple(layout(task)), tuple(ids), task, context_tokens=context_tokens(task, encoder))
+    kept = _fit(task, encoder, limit, suffix_room, context_room)
     pieces = layout(kept)
     ids = encode_pieces(pieces, encoder)
     while len(ids) > limit:  # the per-line estimate was short by a few tokens: drop one more line
         kept = _shave(kept, task, limit)
         pieces = layout(kept)
         ids = encode_pieces(pieces, encoder)
-    return Prompt(tuple(pieces), tuple(ids), kept, _dropped(task, kept, encoder))
+    return Prompt(
+        tuple(pieces),
+        tuple(ids),
+        kept,
+        _dropped(task, kept, encoder),
+        context_tokens=context_tokens(kept, encoder),
+    )
+
+
+def context_tokens(task: FimTask, encoder: Encoder) -> tuple[int, ...]:
+    """The tokens each context document takes in the prompt (its <file_sep>, path and text)."""
+    return tuple(
+        1 + len(encoder.encode(f"{d.path}\n{d.text}" if task.metadata else d.text)) for d in task.context
+    )
 
 
 def heal(prompt: Prompt, encoder: Encoder) -> Prompt:
@@ -187,7 +209,7 @@ def heal(prompt: Prompt, encoder: Encoder) -> Prompt:
         *prompt.pieces[index + 2 :],
     )
     ids = prompt.ids[: end - 1] + prompt.ids[end:]
-    return Prompt(pieces, ids, prompt.task, prompt.truncated, last)
+    return Prompt(pieces, ids, prompt.task, prompt.truncated, last, prompt.context_tokens)
 
 
 def _room(task: FimTask, encoder: Encoder, budget: int) -> int:
@@ -197,7 +219,7 @@ def _room(task: FimTask, encoder: Encoder, budget: int) -> int:
     )
 
 
-def _fit(task: FimTask, encoder: Encoder, budget: int, suffix_room: int) -> FimTask:
+def _fit(task: FimTask, encoder: Encoder, budget: int, suffix_room: int, context_room: int = 0) -> FimTask:
     room = _room(task, encoder, budget)
     if room < 1:
         raise InputError(f"the prompt budget of {budget} tokens cannot hold even the file's path; raise it")
@@ -209,7 +231,8 @@ def _fit(task: FimTask, encoder: Encoder, budget: int, suffix_room: int) -> FimT
     s_used = sum(s_counts[:kept_suffix])
     if kept_suffix == 1 and s_used > room // 2:  # the rest of the cursor's line alone is enormous: its start
         suffix, s_used = _cut_end(suffix, room // 2, encoder), room // 2
-    prefix, p_used = _trim_prefix(prefix_lines, p_counts, room - s_used, encoder)
+    reserve = min(context_room, sum(context_tokens(task, encoder))) if task.context else 0
+    prefix, p_used = _trim_prefix(prefix_lines, p_counts, room - s_used - reserve, encoder)
     used = p_used + s_used
     context_room = room - -(-used // CONTEXT_QUANTUM) * CONTEXT_QUANTUM  # room minus `used` rounded up
     context = _fit_context(task, encoder, context_room)
@@ -260,7 +283,7 @@ def _fit_context(task: FimTask, encoder: Encoder, room: int) -> tuple[Document, 
             continue
         n = _take_from_start(counts, room - header) // SNAP_LINES * SNAP_LINES
         if n:
-            kept.append(Document(doc.path, "".join(lines[:n])))
+            kept.append(dataclasses.replace(doc, text="".join(lines[:n])))
         break
     return tuple(kept)
 
@@ -270,7 +293,9 @@ def _shave(kept: FimTask, original: FimTask, budget: int) -> FimTask:
     if kept.context:
         last = kept.context[-1]
         lines = last.text.splitlines(keepends=True)
-        context = kept.context[:-1] + ((Document(last.path, "".join(lines[:-1])),) if len(lines) > 1 else ())
+        context = kept.context[:-1] + (
+            (dataclasses.replace(last, text="".join(lines[:-1])),) if len(lines) > 1 else ()
+        )
         return FimTask(kept.prefix, kept.suffix, kept.path, kept.repo, context, kept.metadata)
     suffix_lines = kept.suffix.splitlines(keepends=True)
     if len(suffix_lines) > 1:  # the first line, the rest of the cursor's, goes only after the whole prefix

@@ -34,11 +34,14 @@ class CompletionRequest:
     raw: bool = False
     heal: bool = True  # token healing of the prefix's last token (prompt.heal)
     budget: int | None = None  # prompt + completion tokens; None: the engine's default for its device
+    context_share: float = 0.0  # the share of the prompt's room the prefix leaves to context documents
     eol: str = "\n"
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise InputError(f"--max-tokens must be ≥ 1, got {self.max_tokens}")
+        if not 0.0 <= self.context_share < 1.0:
+            raise InputError(f"the context share must be in [0, 1), got {self.context_share}")
         if len(self.stop) > MAX_STOP_STRINGS:
             raise InputError(f"at most {MAX_STOP_STRINGS} stop strings")
 
@@ -82,6 +85,7 @@ def _check_types(values: dict[str, Any]) -> None:
     expected = {
         "prefix": str, "suffix": str, "path": (str, type(None)), "repo": (str, type(None)), "metadata": bool,
         "max_tokens": int, "raw": bool, "heal": bool, "budget": (int, type(None)), "eol": str,
+        "context_share": (float, int),
     }  # fmt: skip
     for name, kind in expected.items():
         if name in values and (
@@ -108,6 +112,10 @@ def prompt_for(
         )
     window = config.sliding_window
     prompt = build_prompt(
-        request.task, tokenizer, room, max_suffix=window // WINDOW_SHARE if window else None
+        request.task,
+        tokenizer,
+        room,
+        max_suffix=window // WINDOW_SHARE if window else None,
+        context_room=int(room * request.context_share),
     )
     return heal(prompt, tokenizer) if request.heal else prompt

@@ -325,3 +325,20 @@ def test_a_tiny_window_share_keeps_the_rest_of_the_line(real):
     task = FimTask(numbered(50) + "total = ", rest + numbered(50, 50), path="f.py", repo="r")
     prompt = build_prompt(task, real, 400, max_suffix=10)
     assert prompt.task.suffix == rest and len(prompt.ids) <= 400
+
+
+def test_context_room_makes_the_prefix_give_way(real):
+    """With a long prefix the context gets nothing, unless `context_room` reserves it a share; the quantum
+    that keeps the prompt's start stable may take back less than CONTEXT_QUANTUM of it."""
+    from sc2cli.completion.prompt import CONTEXT_QUANTUM
+
+    task = FimTask(
+        numbered(400), "\n", path="f.py", repo="r", context=(Document("c.py", numbered(400), "import"),)
+    )
+    plain = build_prompt(task, real, 1500)
+    assert not plain.task.context and plain.context_tokens == ()
+    shared = build_prompt(task, real, 1500, context_room=600)
+    assert len(shared.ids) <= 1500 and shared.task.context[0].origin == "import"
+    assert 600 - CONTEXT_QUANTUM <= sum(shared.context_tokens) <= 600 + CONTEXT_QUANTUM
+    assert shared.context_tokens == (1 + len(real.encode("c.py\n" + shared.task.context[0].text)),)
+    assert task.prefix.endswith(shared.task.prefix) and len(shared.task.prefix) < len(plain.task.prefix)

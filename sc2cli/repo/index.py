@@ -1,0 +1,269 @@
+"""A repository's chunks and the identifiers in them, kept in SQLite on disk (one file per repository in the
+user cache folder), updated from file modification times and sizes, and searched with BM25.
+
+A completion asks for the chunks most like the lines around its cursor. Reading and splitting 2,000 files
+takes seconds; an index already on disk costs one `git ls-files`, one stat per file and a few indexed
+queries, so only the first completion in a repository pays. SQLite is in the standard library, keeps the
+postings on disk rather than in memory, and lets two processes update the same index safely."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .files import TrackedFile, read_source, tracked_files
+
+CHUNK_LINES = 24  # a chunk is this many lines, and chunks start every CHUNK_STRIDE lines (they overlap)
+CHUNK_STRIDE = 12
+SCHEMA_VERSION = 1
+BM25_K1, BM25_B = 1.2, 0.75
+COMMON_SHARE = 0.25  # identifiers in more chunks than this share say little and cost many rows: skipped
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
+KEYWORDS = frozenset(
+    [
+        "and",
+        "as",
+        "assert",
+        "async",
+        "await",
+        "break",
+        "case",
+        "catch",
+        "class",
+        "const",
+        "continue",
+        "def",
+        "default",
+        "del",
+        "do",
+        "elif",
+        "else",
+        "enum",
+        "except",
+        "export",
+        "extends",
+        "false",
+        "fi",
+        "finally",
+        "fn",
+        "for",
+        "from",
+        "func",
+        "function",
+        "go",
+        "if",
+        "impl",
+        "import",
+        "in",
+        "interface",
+        "is",
+        "let",
+        "match",
+        "mod",
+        "new",
+        "nil",
+        "none",
+        "not",
+        "null",
+        "or",
+        "package",
+        "pass",
+        "pub",
+        "raise",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "switch",
+        "this",
+        "throw",
+        "true",
+        "try",
+        "type",
+        "use",
+        "var",
+        "void",
+        "while",
+        "with",
+        "yield",
+        "int",
+        "str",
+        "bool",
+        "float",
+        "char",
+    ]
+)  # said everywhere: they match every chunk and nothing in particular
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT UNIQUE, mtime_ns INTEGER, size INTEGER);
+CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, file_id INTEGER, start INTEGER, stop INTEGER,
+                                   length INTEGER);
+CREATE TABLE IF NOT EXISTS postings (token TEXT, chunk_id INTEGER, file_id INTEGER, tf INTEGER);
+CREATE INDEX IF NOT EXISTS postings_token ON postings (token);
+CREATE INDEX IF NOT EXISTS postings_file ON postings (file_id);
+CREATE INDEX IF NOT EXISTS chunks_file ON chunks (file_id);
+"""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """Lines [start, stop) of `path` (0-based), and how well they match the query."""
+
+    path: str
+    start: int
+    stop: int
+    score: float
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What an update did: files indexed anew, files dropped, files in the index now."""
+
+    indexed: int
+    removed: int
+    files: int
+
+
+def identifiers(text: str) -> list[str]:
+    """The identifier tokens BM25 matches on (two characters or more, no common keywords)."""
+    return [t for t in IDENTIFIER.findall(text) if t.lower() not in KEYWORDS]
+
+
+def chunk_spans(line_count: int) -> list[tuple[int, int]]:
+    """Overlapping windows of CHUNK_LINES lines every CHUNK_STRIDE lines, the last one reaching the end."""
+    if line_count <= CHUNK_LINES:
+        return [(0, line_count)] if line_count else []
+    starts = list(range(0, line_count - CHUNK_LINES + 1, CHUNK_STRIDE))
+    if starts[-1] + CHUNK_LINES < line_count:
+        starts.append(line_count - CHUNK_LINES)
+    return [(s, s + CHUNK_LINES) for s in starts]
+
+
+def cache_folder() -> Path:
+    """`$SC2_CACHE_DIR`, else the platform's user cache folder for sc2."""
+    if os.environ.get("SC2_CACHE_DIR"):
+        return Path(os.environ["SC2_CACHE_DIR"])
+    import platformdirs
+
+    return platformdirs.user_cache_path("sc2")
+
+
+class RepoIndex:
+    """The index of one repository root. `refresh()` brings it up to date with the files on disk."""
+
+    def __init__(self, root: Path, db_path: Path | None = None) -> None:
+        self.root = root.resolve()
+        key = hashlib.sha1(str(self.root).encode()).hexdigest()[:16]
+        self.db_path = db_path or cache_folder() / "repo-index" / f"{self.root.name}-{key}.sqlite"
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+        self.db.executescript(_SCHEMA)
+        if self._meta("schema") != str(SCHEMA_VERSION):
+            self._reset()
+        self.files: dict[str, TrackedFile] = {}
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _reset(self) -> None:
+        with self.db:
+            for table in ("files", "chunks", "postings", "meta"):
+                self.db.execute(f"DELETE FROM {table}")
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def refresh(self, tracked: Sequence[TrackedFile] | None = None) -> Refresh:
+        """Re-index files whose mtime or size changed, drop files no longer tracked."""
+        current = {f.path: f for f in (tracked if tracked is not None else tracked_files(self.root))}
+        known = {p: (i, m, s) for i, p, m, s in self.db.execute("SELECT id, path, mtime_ns, size FROM files")}
+        stale = [f for p, f in current.items() if known.get(p, (0, None, None))[1:] != (f.mtime_ns, f.size)]
+        gone = [known[p][0] for p in known if p not in current]
+        with self.db:
+            for file_id in gone + [known[f.path][0] for f in stale if f.path in known]:
+                self._forget(file_id)
+            for f in stale:
+                self._add(f, read_source(self.root, f.path))
+        self.files = current
+        return Refresh(len(stale), len(gone), len(current))
+
+    def _forget(self, file_id: int) -> None:
+        for table, column in (("postings", "file_id"), ("chunks", "file_id"), ("files", "id")):
+            self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (file_id,))
+
+    def _add(self, f: TrackedFile, text: str | None) -> None:
+        cursor = self.db.execute(
+            "INSERT INTO files (path, mtime_ns, size) VALUES (?, ?, ?)", (f.path, f.mtime_ns, f.size)
+        )
+        file_id = cursor.lastrowid
+        if text is None:  # binary or not UTF-8: remembered (so not read again), never searched
+            return
+        lines = text.splitlines()
+        rows = []
+        for start, stop in chunk_spans(len(lines)):
+            counts = Counter(identifiers("\n".join(lines[start:stop])))
+            chunk = self.db.execute(
+                "INSERT INTO chunks (file_id, start, stop, length) VALUES (?, ?, ?, ?)",
+                (file_id, start, stop, sum(counts.values())),
+            ).lastrowid
+            rows += [(token, chunk, file_id, tf) for token, tf in counts.items()]
+        self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", rows)
+
+    def search(self, query: Iterable[str], limit: int, exclude: Iterable[str] = ()) -> list[Hit]:
+        """The `limit` chunks that best match the query's identifiers (BM25), ties to the newest file."""
+        terms = set(query)
+        if not terms:
+            return []
+        n, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks").fetchone()
+        if not n:
+            return []
+        avg = total / n
+        marks = ",".join("?" * len(terms))
+        df = dict(
+            self.db.execute(
+                f"SELECT token, COUNT(*) FROM postings WHERE token IN ({marks}) GROUP BY token", tuple(terms)
+            )
+        )
+        useful = [t for t, d in df.items() if d <= max(8, n * COMMON_SHARE)]
+        if not useful:
+            return []
+        idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in useful}
+        marks = ",".join("?" * len(useful))
+        rows = self.db.execute(
+            f"SELECT p.token, p.chunk_id, p.tf, c.length FROM postings p JOIN chunks c ON c.id = p.chunk_id "
+            f"WHERE p.token IN ({marks})",
+            tuple(useful),
+        )
+        scores: dict[int, float] = {}
+        for token, chunk, tf, length in rows:
+            norm = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / avg))
+            scores[chunk] = scores.get(chunk, 0.0) + idf[token] * norm
+        return self._hits(scores, limit, set(exclude))
+
+    def _hits(self, scores: dict[int, float], limit: int, exclude: set[str]) -> list[Hit]:
+        best = sorted(scores.items(), key=lambda item: -item[1])[: limit * 4 + len(exclude) * 8]
+        marks = ",".join("?" * len(best))
+        rows = self.db.execute(
+            f"SELECT c.id, f.path, c.start, c.stop, f.mtime_ns FROM chunks c JOIN files f ON f.id = c.file_id "
+            f"WHERE c.id IN ({marks})",
+            tuple(c for c, _ in best),
+        )
+        hits = [
+            Hit(path, start, stop, scores[cid], mtime)
+            for cid, path, start, stop, mtime in rows
+            if path not in exclude
+        ]
+        hits.sort(key=lambda h: (-round(h.score, 6), -h.mtime_ns, h.path, h.start))
+        return hits[:limit]
+
+    def close(self) -> None:
+        self.db.close()
