@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 MAX_FILE_BYTES = 200_000  # bigger files are generated or data, rarely what a completion depends on
 GIT_TIMEOUT_S = 10
@@ -49,15 +49,12 @@ def tracked_paths(root: Path) -> list[str]:
 
 
 def eligible(path: str) -> bool:
-    """Whether a tracked path may be indexed: not vendored, not binary by its name, not key-like."""
-    parts = PurePosixPath(path).parts
-    name = parts[-1].lower()
-    suffix = PurePosixPath(name).suffix
-    if (
-        any(part in VENDORED for part in parts[:-1])
-        or name in SECRET_NAMES
-        or name.startswith((".env", ".git"))
-    ):
+    """Whether a tracked path may be indexed: not vendored, not binary by its name, not key-like. (Plain
+    string operations: this runs for every tracked file before each completion.)"""
+    *folders, name = path.split("/")
+    name = name.lower()
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if name in SECRET_NAMES or name.startswith((".env", ".git")) or not VENDORED.isdisjoint(folders):
         return False
     return suffix not in BINARY_SUFFIXES and suffix not in SECRET_SUFFIXES and not name.endswith(".min.js")
 
@@ -65,11 +62,12 @@ def eligible(path: str) -> bool:
 def tracked_files(root: Path) -> list[TrackedFile]:
     """The eligible tracked files that exist, with their stat, not over MAX_FILE_BYTES."""
     files = []
+    top = str(root)
     for path in tracked_paths(root):
         if not eligible(path):
             continue
         try:
-            st = os.stat(root / path)
+            st = os.stat(os.path.join(top, path))
         except OSError:  # deleted but not yet staged, or a broken link
             continue
         if 0 < st.st_size <= MAX_FILE_BYTES:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from .files import TrackedFile, read_source, tracked_files
 
-CHUNK_LINES = 24  # a chunk is this many lines, and chunks start every CHUNK_STRIDE lines (they overlap)
-CHUNK_STRIDE = 12
-SCHEMA_VERSION = 1
+CHUNK_LINES = 24  # a chunk is this many lines, and chunks start every CHUNK_STRIDE lines
+CHUNK_STRIDE = 24  # no overlap: half the index of a half-overlapping window, for a little recall
+SCHEMA_VERSION = 3
 BM25_K1, BM25_B = 1.2, 0.75
-COMMON_SHARE = 0.25  # identifiers in more chunks than this share say little and cost many rows: skipped
+MAX_POSTINGS = 6000  # the rarest query identifiers are scored, until their postings reach this many rows:
+# a common one says little (a low idf) and costs many rows, and a completion cannot wait for them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
 KEYWORDS = frozenset(
     [
@@ -107,8 +108,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT UNIQUE, mtime_ns INTEGER, size INTEGER);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, file_id INTEGER, start INTEGER, stop INTEGER,
                                    length INTEGER);
-CREATE TABLE IF NOT EXISTS postings (token TEXT, chunk_id INTEGER, file_id INTEGER, tf INTEGER);
-CREATE INDEX IF NOT EXISTS postings_token ON postings (token);
+CREATE TABLE IF NOT EXISTS postings (token TEXT, chunk_id INTEGER, file_id INTEGER, tf INTEGER, length INTEGER);
+CREATE INDEX IF NOT EXISTS postings_token ON postings (token, chunk_id, tf, length);  -- covering: a search reads no table rows
 CREATE INDEX IF NOT EXISTS postings_file ON postings (file_id);
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks (file_id);
 """
@@ -167,6 +168,8 @@ class RepoIndex:
         self.db_path = db_path or cache_folder() / "repo-index" / f"{self.root.name}-{key}.sqlite"
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")  # readers never wait for another process's update
+        self.db.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last update to a crash is fine
         self.db.executescript(_SCHEMA)
         if self._meta("schema") != str(SCHEMA_VERSION):
             self._reset()
@@ -215,8 +218,8 @@ class RepoIndex:
                 "INSERT INTO chunks (file_id, start, stop, length) VALUES (?, ?, ?, ?)",
                 (file_id, start, stop, sum(counts.values())),
             ).lastrowid
-            rows += [(token, chunk, file_id, tf) for token, tf in counts.items()]
-        self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", rows)
+            rows += [(token, chunk, file_id, tf, sum(counts.values())) for token, tf in counts.items()]
+        self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?, ?)", rows)
 
     def search(self, query: Iterable[str], limit: int, exclude: Iterable[str] = ()) -> list[Hit]:
         """The `limit` chunks that best match the query's identifiers (BM25), ties to the newest file."""
@@ -233,15 +236,13 @@ class RepoIndex:
                 f"SELECT token, COUNT(*) FROM postings WHERE token IN ({marks}) GROUP BY token", tuple(terms)
             )
         )
-        useful = [t for t, d in df.items() if d <= max(8, n * COMMON_SHARE)]
+        useful = _rarest(df, MAX_POSTINGS)
         if not useful:
             return []
         idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in useful}
         marks = ",".join("?" * len(useful))
         rows = self.db.execute(
-            f"SELECT p.token, p.chunk_id, p.tf, c.length FROM postings p JOIN chunks c ON c.id = p.chunk_id "
-            f"WHERE p.token IN ({marks})",
-            tuple(useful),
+            f"SELECT token, chunk_id, tf, length FROM postings WHERE token IN ({marks})", tuple(useful)
         )
         scores: dict[int, float] = {}
         for token, chunk, tf, length in rows:
@@ -267,3 +268,14 @@ class RepoIndex:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _rarest(df: dict[str, int], rows: int) -> list[str]:
+    """The rarest identifiers whose postings add up to at most `rows` (always the rarest one)."""
+    chosen, total = [], 0
+    for token, count in sorted(df.items(), key=lambda item: item[1]):
+        if chosen and total + count > rows:
+            break
+        chosen.append(token)
+        total += count
+    return chosen
