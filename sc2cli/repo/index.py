@@ -170,9 +170,10 @@ class RepoIndex:
         self.db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")  # readers never wait for another process's update
         self.db.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last update to a crash is fine
-        self.db.executescript(_SCHEMA)
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         if self._meta("schema") != str(SCHEMA_VERSION):
             self._reset()
+        self.db.executescript(_SCHEMA)
         self.files: dict[str, TrackedFile] = {}
 
     def _meta(self, key: str) -> str | None:
@@ -180,9 +181,11 @@ class RepoIndex:
         return row[0] if row else None
 
     def _reset(self) -> None:
+        """Start over: an index another version of sc2 wrote may have other tables and columns."""
         with self.db:
-            for table in ("files", "chunks", "postings", "meta"):
-                self.db.execute(f"DELETE FROM {table}")
+            for table in ("files", "chunks", "postings"):
+                self.db.execute(f"DROP TABLE IF EXISTS {table}")
+            self.db.execute("DELETE FROM meta")
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def refresh(self, tracked: Sequence[TrackedFile] | None = None) -> Refresh:

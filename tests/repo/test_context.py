@@ -196,3 +196,23 @@ def test_format_json_reports_the_documents(repo):
     report = context_report(build_prompt(task, real, 500))
     assert report == [{"path": "a.py", "origin": "import", "tokens": 1 + len(real.encode("a.py\nA = 1\n"))}]
     assert json.dumps(report)
+
+
+def test_an_index_from_another_version_is_rebuilt(repo, tmp_path):
+    import sqlite3
+
+    db_path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(db_path)
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema', '0');"
+        "CREATE TABLE postings (token TEXT, chunk_id INTEGER, file_id INTEGER, tf INTEGER);"
+        "INSERT INTO postings VALUES ('stale', 1, 1, 1);"
+    )
+    old.commit()
+    old.close()
+    index = RepoIndex(repo, db_path)
+    assert index.refresh().indexed > 5
+    assert [h.path for h in index.search(["rectangle_perimeter"], 3, exclude={"pkg/main.py"})] == [
+        "pkg/geometry.py"
+    ]
+    assert not index.search(["stale"], 3)
