@@ -1,4 +1,4 @@
-"""Every test runs with its own config folder and Hugging Face cache, and never reaches the network."""
+"""Every test runs with its own config folder, Hugging Face cache and sc2 cache, and never reaches the network."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing reaches the real hub
+    monkeypatch.setenv("SC2_CACHE_DIR", str(home / "cache"))  # repository indexes, never the user's cache
     for name in (
         "SC2_MODEL",
         "SC2_DEVICE",
