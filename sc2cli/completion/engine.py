@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..model.model import Starcoder2
-from .events import Done, Event, Timings, Token, Usage
+from .assembly import Assembly, timings
+from .events import Event, Usage
 from .generate import PromptCache, common_prefix, generate
-from .postprocess import Finisher, rules_for
 from .prompt import Prompt
 from .request import CompletionRequest, prompt_for
-from .tokenizer import Detokenizer, Tokenizer
+from .tokenizer import Tokenizer
 
 
 class Engine:
@@ -79,12 +79,8 @@ class Engine:
         """Events for one completion; stopping the iteration early stops the model, and so does
         `cancelled()` turning true (checked at every token)."""
         prompt = self.prompt(request)
-        finisher = Finisher(rules_for(request.prefix, request.suffix, request.stop, request.raw))
-        detokenizer = Detokenizer(self.tokenizer, skip=len(prompt.heal))
+        assembly = Assembly(request, self.tokenizer, skip=len(prompt.heal))
         cache = self._cache_for(prompt.ids, request.max_tokens)
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        unsent = 0  # tokens[unsent:] are not in any event yet
         started = time.perf_counter()
         first_token_at = None
         steps = generate(
@@ -95,50 +91,24 @@ class Engine:
         try:
             for step in steps:
                 first_token_at = first_token_at or time.perf_counter()
-                tokens.append(step.token)
-                logprobs.append(step.logprob)
-                piece = finisher.feed(detokenizer.push(step.token))
-                if piece:
-                    yield Token(
-                        piece.replace("\n", request.eol), tuple(tokens[unsent:]), tuple(logprobs[unsent:])
-                    )
-                    unsent = len(tokens)
-                if finisher.done:
+                event = assembly.push(step.token, step.logprob)
+                if event:
+                    yield event
+                if assembly.done:
                     break
         finally:
             steps.close()
-        stopped_by_caller = cancelled is not None and not finisher.done and cancelled()
+        stopped = cancelled is not None and not assembly.done and cancelled()
         ended = time.perf_counter()
-        piece = (
-            ""
-            if finisher.done or stopped_by_caller
-            else finisher.feed(detokenizer.flush()) + finisher.finish()
-        )
-        if piece:
-            yield Token(piece.replace("\n", request.eol), tuple(tokens[unsent:]), tuple(logprobs[unsent:]))
-        reason = finisher.reason or ("max_tokens" if len(tokens) >= request.max_tokens else "eos")
-        reason = "cancelled" if stopped_by_caller else reason
-        usage = Usage(len(prompt.ids), len(tokens), cache.reused)
-        yield Done(
-            text=finisher.final.replace("\n", request.eol),
-            tokens=tuple(tokens),
-            logprobs=tuple(logprobs),
-            stop_reason=reason,
+        event = assembly.close(stopped)
+        if event:
+            yield event
+        usage = Usage(len(prompt.ids), len(assembly.tokens), cache.reused)
+        yield assembly.finished(
+            prompt,
+            reason=assembly.reason(len(assembly.tokens), stopped),
             usage=usage,
-            timings=_timings(self.load_seconds, started, first_token_at or ended, ended, usage),
-            truncated=prompt.truncated,
-            healed=prompt.heal.decode("utf-8", "replace"),
+            timings=timings(self.load_seconds, started, first_token_at or ended, ended, usage),
             model=self.name,
+            healed=prompt.heal,
         )
-
-
-def _timings(load: float, started: float, first: float, ended: float, usage: Usage) -> Timings:
-    prefill, decode = first - started, ended - first
-    computed, generated = usage.computed_tokens, usage.completion_tokens
-    return Timings(
-        load_s=round(load, 4),
-        prefill_s=round(prefill, 4),
-        prefill_tokens_per_s=round(computed / prefill, 2) if prefill > 0 else 0.0,
-        decode_s=round(decode, 4),
-        decode_tokens_per_s=round((generated - 1) / decode, 2) if decode > 0 and generated > 1 else 0.0,
-    )
