@@ -1,4 +1,5 @@
-"""Where a completion runs, decided once per command: a warm server for this model, or this process.
+"""Where a completion runs, decided once per command: an external engine (`engine` setting), a warm
+server for this model, or this process.
 
 The application layer between the CLI and the library: it turns the user's settings into an open
 checkpoint, a loaded engine (the one way every command loads a model and its tokenizer), or a server to
@@ -28,6 +29,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .completion.engine import Engine
+    from .engines.remote import RemoteEngine
     from .serve.client import Endpoint
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
@@ -101,6 +103,44 @@ def open_engine(
         load_seconds=seconds,
         cache_slots=cache_slots,
     )
+
+
+def open_remote(
+    settings: Settings,
+    revision: str | None = None,
+    *,
+    token: str | None = None,
+    bar: Callable[[str], Bar] = quiet,
+    note: Callable[[str], None] = _ignore,
+) -> RemoteEngine:
+    """The engine at `settings.engine`, checked to serve this model's vocabulary, with the model's tokenizer
+    and config (only those files are fetched when the weights are not cached). Torch-free."""
+    from .checkpoint.download import fetch_tokenizer
+    from .checkpoint.layout import read_config
+    from .checkpoint.names import parse_model_name
+    from .engines.address import parse_engine_url
+    from .engines.remote import RemoteEngine
+
+    assert settings.engine, "open_remote needs the engine setting"
+    address = parse_engine_url(settings.engine)
+    target = parse_model_name(settings.model)
+    if isinstance(target, str):
+        with bar(f"fetching {settings.model}'s tokenizer"):
+            folder = fetch_tokenizer(settings.model, revision=revision, offline=settings.offline)
+    else:
+        folder = target
+    engine = RemoteEngine(
+        address,
+        Tokenizer.from_folder(folder),
+        read_config(folder),
+        name=settings.model,
+        default_budget=settings.prompt_budget or default_budget("cuda"),
+        token=token,
+    )
+    for message in engine.check():
+        note(message)
+    note(f"completing through the engine at {address}")
+    return engine
 
 
 def prompt_only(

@@ -39,6 +39,7 @@ class Settings:
     prompt_budget: int | None = None
     offline: bool = False
     quantize: str = "none"
+    engine: str | None = None  # an external engine's URL (engines/address.py); None: sc2 runs the model
 
 
 class _Invalid(ValueError):
@@ -85,6 +86,17 @@ def _parse_prompt_budget(value: object) -> int | None:
         raise _Invalid("must be a whole number ≥ 16 or auto") from None
 
 
+ENGINE_SCHEMES = ("openai+http://", "openai+https://", "llama+http://", "llama+https://")
+
+
+def _parse_engine(value: object) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, str) and value.strip().lower().startswith(ENGINE_SCHEMES):
+        return value.strip()
+    raise _Invalid("must be none, openai+http(s)://HOST:PORT/v1 or llama+http(s)://HOST:PORT")
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -110,6 +122,7 @@ KEYS: dict[str, Callable[[object], Any]] = {
     "prompt_budget": _parse_prompt_budget,
     "offline": _parse_bool,
     "quantize": _choice("none", "int8"),
+    "engine": _parse_engine,
 }
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
 assert set(KEYS) == set(DEFAULTS), "every setting needs a parser"

@@ -69,6 +69,7 @@ def test_option_beats_environment_beats_file_beats_default(config_dir: Path, mon
         "prompt_budget": "default",
         "offline": "default",
         "quantize": "default",
+        "engine": "default",
     }
 
 
@@ -207,6 +208,7 @@ def test_config_commands(config_dir: Path, capsys, monkeypatch) -> None:
         "prompt_budget = auto  (default)",
         "offline = false  (default)",
         "quantize = none  (default)",
+        "engine = none  (default)",
     ]
     code, out, _ = run_cli(capsys, "config", "show", "--json")
     assert json.loads(out)["max_tokens"] == 64

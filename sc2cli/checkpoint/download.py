@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, Sc2Error
-from .cache import checksum_mismatches, format_bytes, hub_cache, is_offline
+from .cache import _cached_commit, checksum_mismatches, format_bytes, hub_cache, is_offline, repo_cache_dir
 from .hub_errors import hub_errors
 from .layout import (
     CONFIG,
@@ -25,6 +25,7 @@ from .layout import (
     OPTIONAL_FILES,
     PICKLE_SUFFIXES,
     SINGLE,
+    TOKENIZER,
     check_model_type,
     check_snapshot,
     damaged_files,
@@ -72,6 +73,47 @@ def download(
         raise CheckpointError(f"{repo_id}: {missing[0]} is missing after the download; run the command again")
     check_snapshot(folder, repo_id, name)
     return folder
+
+
+TOKENIZER_FILES = (TOKENIZER, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def fetch_tokenizer(name: str, *, revision: str | None = None, offline: bool | None = None) -> Path:
+    """A hub model's config.json and tokenizer files, without its weights: enough to build prompts for an
+    engine that runs the weights elsewhere. From the cache when they are there (no network), else fetched
+    into the same snapshot folder a full download uses."""
+    repo_id = repo_id_of(name)
+    check_revision(revision)
+    cached = _cached_tokenizer(repo_id, revision)
+    if cached is not None:
+        return cached
+    if is_offline(offline):
+        raise Sc2Error(
+            f"{repo_id}'s tokenizer is not in the cache and offline mode is on; "
+            f"run `sc2 download {name} --tokenizer-only` online"
+        )
+    with hub_errors(repo_id, name, revision):
+        info = _repo_info(repo_id, revision)
+        siblings = {s.rfilename for s in info.siblings or []}
+        _check_declared_type(info, repo_id)
+        if CONFIG not in siblings or TOKENIZER not in siblings:
+            missing = CONFIG if CONFIG not in siblings else TOKENIZER
+            raise CheckpointError(f"{repo_id} has no {missing}: sc2 cannot build prompts for it")
+        config = _fetch_json(repo_id, CONFIG, revision or "main", force=False)  # by name: records the ref
+        check_model_type(_read_config(config, repo_id), repo_id)
+        for filename in TOKENIZER_FILES:
+            if filename in siblings:
+                _fetch_json(repo_id, filename, info.sha, force=False)
+    return config.parent
+
+
+def _cached_tokenizer(repo_id: str, revision: str | None) -> Path | None:
+    """The cached snapshot holding config.json and an intact tokenizer.json, weights or not."""
+    commit = _cached_commit(repo_cache_dir(repo_id), revision)
+    folder = repo_cache_dir(repo_id) / "snapshots" / (commit or "-")
+    if commit is None or any(json_problem(folder / f) for f in (CONFIG, TOKENIZER) if (folder / f).is_file()):
+        return None
+    return folder if (folder / CONFIG).is_file() and (folder / TOKENIZER).is_file() else None
 
 
 def _download(

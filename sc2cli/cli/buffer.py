@@ -4,6 +4,7 @@ completion's events as text, JSON or JSON lines. Where the completion runs is th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from ..completion.prompt import Document, Prompt
 from ..completion.request import CompletionRequest
 from ..completion.sampling import Sampling
 from ..completion.sources import read_stdin, read_text, relative_path, repository_of
+from ..engines.transport import StreamCut
 from ..errors import InputError
 from ..settings import Settings, load_settings
 from .options import CompletionOptions, OutputFormat
@@ -63,6 +65,13 @@ def complete_buffer(buffer: Buffer, opts: CompletionOptions) -> None:
     if opts.show_prompt:
         _show_prompt(request, settings, opts)
         return
+    if settings.engine and not opts.server:
+        engine = session.open_remote(
+            settings, opts.revision, token=engine_token(opts.engine_token), bar=ProgressBar,
+            note=lambda message: note(message, opts.verbose),
+        )  # fmt: skip
+        print_events(engine.stream(request), opts.output, buffer if opts.insert else None, opts.verbose)
+        return
     endpoint = None if opts.no_server else session.find_server(settings, opts.revision, opts.server)
     if endpoint is not None:
         note(f"using the server at {endpoint}", opts.verbose)
@@ -76,6 +85,16 @@ def complete_buffer(buffer: Buffer, opts: CompletionOptions) -> None:
     if opts.output is OutputFormat.json and request.context:  # which documents went in, tokens each
         report = {"context": context_report(session.prompt_only(request, settings, opts.revision))}
     print_events(events, opts.output, buffer if opts.insert else None, opts.verbose, report)
+
+
+def engine_token(given: str | None) -> str | None:
+    """The engine's bearer token; a warning when it came from the command line, where `ps` shows it."""
+    if given and os.environ.get("SC2_ENGINE_TOKEN") != given:
+        note(
+            "warning: --engine-token on the command line is visible to other users; use SC2_ENGINE_TOKEN",
+            True,
+        )
+    return given or None
 
 
 def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -> CompletionRequest:
@@ -160,9 +179,11 @@ def print_events(
     extra: dict | None = None,
 ) -> None:
     """Stream text as it comes (text), or one object at the end (json, with `extra`), or every event (jsonl)."""
-    done: Done | None = None
+    done, cut = None, None
     record: dict = {}
-    for event in events:
+    for event in _until_cut(events):
+        if isinstance(event, StreamCut):  # what arrived is the completion; the error comes after it
+            cut, event = event, event.partial
         if isinstance(event, Done):
             done, record = event, {**event.to_json(), **(extra or {})}
             if insert is not None:
@@ -188,3 +209,15 @@ def print_events(
         f"{truncation_note(done.truncated)}",
         verbose,
     )
+    if cut is not None:
+        raise cut
+
+
+def _until_cut(events: Iterator[Event]) -> Iterator[Event | StreamCut]:
+    """The events, and in place of the `Done` of a stream an engine broke, its StreamCut."""
+    try:
+        yield from events
+    except StreamCut as cut:
+        if cut.partial is None:
+            raise
+        yield cut

@@ -14,7 +14,7 @@ from .app import app
 
 config_app = typer.Typer(
     name="config",
-    help="Show or change the settings file: model, device, dtype, attn, quantize, max_tokens, prompt_budget, offline.",
+    help="Show or change the settings file: model, device, dtype, attn, quantize, max_tokens, prompt_budget, offline, engine.",
     short_help="Show or change the settings.",
     no_args_is_help=True,
 )
@@ -32,7 +32,13 @@ def config_show(
         print(json.dumps(values, indent=2))
         return
     for key, value in values.items():
-        shown = "auto" if value is None else json.dumps(value) if isinstance(value, bool) else value
+        shown = (
+            ("none" if key == "engine" else "auto")
+            if value is None
+            else json.dumps(value)
+            if isinstance(value, bool)
+            else value
+        )
         source = f"SC2_{key.upper()}" if sources[key] == "environment" else sources[key]
         print(f"{key} = {shown}  ({source})")
 

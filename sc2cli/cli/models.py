@@ -31,6 +31,13 @@ def download(
     verify: Annotated[
         bool, typer.Option("--verify", help="Check the checksum of every file; fetch again any that differ.")
     ] = False,
+    tokenizer_only: Annotated[
+        bool,
+        typer.Option(
+            "--tokenizer-only",
+            help="Only config.json and the tokenizer: enough to complete through --engine.",
+        ),
+    ] = False,
 ) -> None:
     """Fetch a model into the Hugging Face cache, once; after that sc2 works offline.
 
@@ -41,6 +48,13 @@ def download(
     from ..checkpoint.names import download_command
 
     name = model or load_settings().model
+    if tokenizer_only:
+        from ..checkpoint.download import fetch_tokenizer
+
+        folder = fetch_tokenizer(name, revision=revision)
+        print(f"sc2: {name}'s tokenizer is ready (commit {folder.name[:12]})", file=sys.stderr)
+        print(folder)
+        return
     bar = ProgressBar(f"fetching {name}")
     try:
         with bar as progress:

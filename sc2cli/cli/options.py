@@ -151,6 +151,23 @@ ServerOpt = Annotated[
     str | None,
     typer.Option(help="Use this server: http://HOST:PORT or unix:///path.sock.", rich_help_panel=_MODEL),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Complete through a serving engine: openai+http://HOST:PORT/v1 (vLLM, TGI, llama.cpp) or "
+        "llama+http://HOST:PORT (llama.cpp's /completion). Setting: engine.",
+        rich_help_panel=_MODEL,
+    ),
+]
+EngineTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SC2_ENGINE_TOKEN",
+        show_envvar=True,
+        help="Bearer token for the engine; prefer the SC2_ENGINE_TOKEN variable (argv is visible to others).",
+        rich_help_panel=_MODEL,
+    ),
+]
 ClientIdOpt = Annotated[
     str | None,
     typer.Option(
@@ -202,13 +219,15 @@ class CompletionOptions:
     no_server: NoServerOpt = False
     server: ServerOpt = None
     client_id: ClientIdOpt = None
+    engine: EngineOpt = None
+    engine_token: EngineTokenOpt = None
 
     def settings_overrides(self) -> dict[str, object]:
         """The options that are also settings (None: not given), under the settings' names."""
         return {
             "model": self.model, "device": self.device, "dtype": self.dtype, "attn": self.attn,
             "max_tokens": self.max_tokens, "prompt_budget": self.budget, "offline": self.offline,
-            "quantize": self.quantize,
+            "quantize": self.quantize, "engine": self.engine,
         }  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -15,6 +16,8 @@ from .options import (
     BudgetOpt,
     DeviceOpt,
     DtypeOpt,
+    EngineOpt,
+    EngineTokenOpt,
     ModelOpt,
     OfflineOpt,
     QuantizeOpt,
@@ -37,11 +40,14 @@ def serve_command(
     cache_slots: Annotated[int, typer.Option(help="Prompt caches kept for reuse (one per file being edited).")] = 4,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 2048,
     verbose: VerboseOpt = False,
+    engine: EngineOpt = None,
+    engine_token: EngineTokenOpt = None,
 ) -> None:  # fmt: skip
     """Keep a model loaded and serve completions; sc2 complete/fim use it automatically.
 
     Endpoints: POST /v1/complete (sc2's own), POST /infill (llama.cpp), POST /v1/completions (OpenAI,
     prompt + suffix), GET /health, GET /v1/models, GET /v1/info.
+    With --engine the server is a gateway: same endpoints, sc2's prompts, an external engine runs the model.
     """
     from .. import session  # the library loads when the command runs (torch with the model)
     from ..checkpoint.names import model_key
@@ -49,6 +55,7 @@ def serve_command(
     from ..serve.runtime import announcement_path, socket_path
     from ..serve.server import serve as run_server
     from ..serve.service import DEFAULT_PORT, ServerOptions
+    from .buffer import engine_token as checked_token
 
     settings = load_settings(
         {
@@ -79,9 +86,19 @@ def serve_command(
         if verbose
         else (lambda m: None),
     )
-    engine = session.open_engine(
-        settings, revision, bar=ProgressBar, note=lambda message: note(message, True), cache_slots=cache_slots
-    )
+    if engine:  # a gateway: the engine object has the in-process Engine's interface
+        runner = session.open_remote(
+            dataclasses.replace(settings, engine=engine), revision, token=checked_token(engine_token),
+            bar=ProgressBar, note=lambda message: note(message, True),
+        )  # fmt: skip
+    else:
+        runner = session.open_engine(
+            settings,
+            revision,
+            bar=ProgressBar,
+            note=lambda message: note(message, True),
+            cache_slots=cache_slots,
+        )
 
     def ready(details: dict) -> None:
         where = f"http://{details['host']}:{details['port']}" + (
@@ -90,7 +107,7 @@ def serve_command(
         print(f"sc2 serve: {settings.model} on {where} (pid {details['pid']})", file=sys.stderr, flush=True)
 
     try:
-        why = run_server(engine, options, ready)
+        why = run_server(runner, options, ready)  # type: ignore[arg-type]
     except OSError as e:
         raise InputError(
             f"cannot listen on {host}:{options.port} ({e.strerror or e}); pick another --port"
