@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from pathlib import Path
 
@@ -20,13 +19,10 @@ import torch.nn.functional as F
 import sc2cli
 from sc2cli.completion.tokenizer import CONTROL_TOKENS as CONTROL
 
+from .fixtures import has_tokenizer_fixture, tokenizer_fixture
+
 TINY = Path(sc2cli.__file__).parent / "tiny"
 HELDOUT = Path(__file__).parent / "data" / "heldout"
-FIXTURE = Path(
-    os.environ.get(
-        "SC2_TOKENIZER_FIXTURE", Path(__file__).parents[2] / "shared/fixtures/starcoder2-tokenizer"
-    )
-)
 
 # Mean loss per token on the held-out files, a little above what the shipped model measures (see the
 # docstring of sc2cli/train_tiny.py); both stay under half the uniform baseline, 0.5 * ln(4096) = 4.159.
@@ -159,8 +155,8 @@ def test_special_tokens_are_starcoder2s(tok) -> None:
     assert [(t["id"], t["content"], t["special"]) for t in added] == [
         (i, s, True) for i, s in enumerate(SPECIAL_TOKENS)
     ]
-    if (FIXTURE / "tokenizer.json").is_file():
-        real = json.loads((FIXTURE / "tokenizer.json").read_text())["added_tokens"]
+    if has_tokenizer_fixture():
+        real = json.loads((tokenizer_fixture() / "tokenizer.json").read_text())["added_tokens"]
         assert [(t["id"], t["content"]) for t in real[:38]] == list(enumerate(SPECIAL_TOKENS))
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -23,18 +20,12 @@ from sc2cli.completion.prompt import (
 from sc2cli.completion.tokenizer import Tokenizer
 from sc2cli.errors import InputError
 
-FIXTURE = Path(
-    os.environ.get(
-        "SC2_TOKENIZER_FIXTURE", Path(__file__).parents[3] / "shared/fixtures/starcoder2-tokenizer"
-    )
-)
+from ..fixtures import require_tokenizer_fixture
 
 
 @pytest.fixture(scope="module")
 def real():
-    if not (FIXTURE / "tokenizer.json").is_file():
-        pytest.skip(f"the real StarCoder2 tokenizer is not at {FIXTURE} (set SC2_TOKENIZER_FIXTURE)")
-    return Tokenizer.from_folder(FIXTURE)
+    return Tokenizer.from_folder(require_tokenizer_fixture())
 
 
 # ------------------------------------------------------------------------------------------------ cursor
