@@ -1,10 +1,20 @@
-"""Every test runs with its own config folder, Hugging Face cache and sc2 cache, and never reaches the network."""
+"""Every test runs with its own config folder, Hugging Face cache, sc2 cache and server runtime folder, with none of the
+user's SC2_* settings, and never reaches the network."""
 
 from __future__ import annotations
 
 import signal
 
 import pytest
+
+from sc2cli.settings import ENV_PREFIX, KEYS
+
+# What a user's shell may set that would change what the tests run (a setting, a token, tracebacks).
+USER_VARIABLES = [ENV_PREFIX + key.upper() for key in KEYS] + [
+    "SC2_SERVER_TOKEN",
+    "SC2_CLIENT_ID",
+    "SC2_DEBUG",
+]
 
 
 def pytest_configure(config):
@@ -23,13 +33,6 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing reaches the real hub
     monkeypatch.setenv("SC2_CACHE_DIR", str(home / "cache"))  # repository indexes, never the user's cache
-    for name in (
-        "SC2_MODEL",
-        "SC2_DEVICE",
-        "SC2_DTYPE",
-        "SC2_ATTN",
-        "SC2_MAX_TOKENS",
-        "SC2_PROMPT_BUDGET",
-        "SC2_OFFLINE",
-    ):
+    monkeypatch.setenv("SC2_RUNTIME_DIR", str(home / "run"))  # a warm server of the user's is never used
+    for name in USER_VARIABLES:
         monkeypatch.delenv(name, raising=False)

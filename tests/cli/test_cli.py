@@ -253,6 +253,7 @@ def test_greedy_cli_output_is_the_reference_generate(capsys, monkeypatch, model)
     from sc2cli.completion.request import CompletionRequest, prompt_for
     from sc2cli.completion.tokenizer import Tokenizer
 
+    budget = 2048
     args = [
         "fim",
         "--prefix",
@@ -265,8 +266,14 @@ def test_greedy_cli_output_is_the_reference_generate(capsys, monkeypatch, model)
         "--no-heal",
         "--max-tokens",
         "24",
+        # What the reference below runs in, pinned: `auto` picks bf16 on CPUs with native bf16, a GPU where
+        # there is one, and a bigger prompt budget on a GPU.
         "--dtype",
-        "fp32",  # what the reference below runs in: `auto` picks bf16 on CPUs with native bf16
+        "fp32",
+        "--device",
+        "cpu",
+        "--budget",
+        str(budget),
     ]
     _, out, _ = sc2(capsys, monkeypatch, *args, "-f", "json")
     ours = json.loads(out)
@@ -274,7 +281,7 @@ def test_greedy_cli_output_is_the_reference_generate(capsys, monkeypatch, model)
     ids = prompt_for(
         CompletionRequest("def add(a, b):\n    return ", "\n", raw=True, heal=False, max_tokens=24),
         tokenizer,
-        2048,
+        budget,
         ModelConfig.from_file(Path(model) / "config.json"),
     ).ids
     ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
@@ -379,3 +386,4 @@ def test_version_and_help(capsys, monkeypatch):
     assert code == 0 and out.startswith("sc2 ")
     code, out, _ = sc2(capsys, monkeypatch, "complete", "-h")
     assert code == 0 and "FILE:LINE[:COL]" in out and "--byte-col" in out
+

@@ -9,6 +9,7 @@ from torch import nn
 
 import sc2cli
 from sc2cli.errors import InputError
+from sc2cli.model import linear as kernels
 from sc2cli.model.linear import (
     DynamicInt8Linear,
     Scratch,
@@ -60,9 +61,7 @@ def test_bf16_decode_runs_on_onednn_with_the_same_numbers(shape):
 
 
 def test_bf16_decode_falls_back_to_the_plain_product_where_onednn_cannot(monkeypatch):
-    import sc2cli.model.linear
-
-    monkeypatch.setattr(sc2cli.model.linear, "_onednn_inner_product", lambda: None)
+    monkeypatch.setattr(kernels, "_onednn_inner_product", lambda: None)
     fast = UpcastLinear(layer(), Scratch())
     token = torch.randn(1, 1, 64).bfloat16()
     assert fast.inner_product is None
@@ -108,18 +107,49 @@ def test_weight_only_int8_is_close():
     assert (got - want).norm() / want.norm() < 0.02
 
 
-def test_prepare_int8_keeps_embeddings_and_norms_in_full_precision(tmp_path):
+@pytest.mark.parametrize("fbgemm", [True, False], ids=["fbgemm", "weight-only"])
+def test_prepare_int8_keeps_embeddings_and_norms_in_full_precision(tmp_path, monkeypatch, fbgemm):
+    """Each int8 path forced (fbgemm where x86 has it, weight-only elsewhere), from bf16 weights."""
+    if fbgemm and not dynamic_int8_available(torch.device("cpu")):
+        pytest.skip("fbgemm is not available in this build of PyTorch")
+    monkeypatch.setattr(kernels, "dynamic_int8_available", lambda device: fbgemm)
     folder = write_tiny_model(tmp_path / "m", seed=2)
-    model = sc2cli.load_model(folder, quantize="int8", device="cpu")
+    model = sc2cli.load_model(folder, quantize="int8", dtype="bf16", device="cpu")
     kinds = {type(m) for m in model.modules()}
-    assert nn.Linear not in kinds and (DynamicInt8Linear in kinds or WeightOnlyInt8Linear in kinds)
-    assert model.model.embed_tokens.weight.dtype in (torch.float32, torch.bfloat16)
-    assert model.model.norm.weight.dtype == model.model.embed_tokens.weight.dtype
+    assert nn.Linear not in kinds and (DynamicInt8Linear if fbgemm else WeightOnlyInt8Linear) in kinds
+    full = torch.float32 if fbgemm else torch.bfloat16  # fbgemm takes fp32 activations: the rest follows
+    assert model.model.embed_tokens.weight.dtype == model.model.norm.weight.dtype == full
     reference = sc2cli.load_model(folder, dtype="fp32", device="cpu")
     ids = torch.randint(0, 100, (1, 24))
     with torch.no_grad():
         a, b = model(ids).float(), reference(ids)
     assert (a - b).norm() / b.norm() < 0.05
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["emulated-bf16", "native-bf16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prepare_upcasts_prompts_only_without_native_bf16(monkeypatch, native, dtype):
+    """Both branches, whatever this CPU has: prompts go through the fp32 scratch only where bf16 is emulated."""
+    monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda: native)
+    model = nn.Sequential(layer(dtype), layer(dtype, out=64, inp=96))
+    model.device, model.dtype = torch.device("cpu"), dtype
+    described = prepare(model)
+    upcast = [m for m in model.modules() if isinstance(m, UpcastLinear)]
+    assert len(upcast) == 2 and not any(type(m) is nn.Linear for m in model.modules())
+    assert all((m.scratch is None) == native for m in upcast)
+    assert upcast[0].scratch is upcast[1].scratch  # one scratch buffer for every layer
+    assert ("prompts multiplied in fp32" in described) != native
+    prompt = torch.randn(2, 16, 64).to(dtype)
+    plain = F.linear(F.linear(prompt, upcast[0].weight, upcast[0].bias), upcast[1].weight, upcast[1].bias)
+    torch.testing.assert_close(model(prompt).float(), plain.float(), atol=0.1, rtol=0.02)
+
+
+def test_prepare_leaves_fp32_as_it_is(monkeypatch):
+    for native in (False, True):
+        monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda native=native: native)
+        model = nn.Sequential(layer(torch.float32))
+        model.device, model.dtype = torch.device("cpu"), torch.float32
+        assert prepare(model) == "float32" and type(model[0]) is nn.Linear
 
 
 def test_unknown_quantization_is_refused(tmp_path):
