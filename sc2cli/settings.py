@@ -136,13 +136,26 @@ def normalize_key(key: str) -> str:
     return name
 
 
-def parse_value(key: str, value: object, source: str) -> Any:
-    """Check and normalise `value` for `key`; `source` (an option, a variable, a file) goes into the error."""
+@dataclass(frozen=True)
+class Given:
+    """A setting's value as a command-line option gave it: `option` is what the user typed (`--budget` for
+    prompt_budget), which errors name."""
+
+    value: object
+    option: str
+
+
+def _checked(key: str, value: object, named: str) -> Any:
     try:
         return KEYS[key](value)
     except _Invalid as e:
         shown = value if isinstance(value, str) else json.dumps(value)
-        raise InputError(f"{source}: {key} {e}, got {shown!r}") from None
+        raise InputError(f"{named} {e}, got {shown!r}") from None
+
+
+def parse_value(key: str, value: object, source: str) -> Any:
+    """Check and normalise `value` for `key`; `source` (a variable, a file) goes into the error with the key."""
+    return _checked(key, value, f"{source}: {key}")
 
 
 def config_path() -> Path:
@@ -196,13 +209,15 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _option_values(overrides: Mapping[str, object]) -> dict[str, Any]:
+def parse_options(overrides: Mapping[str, object]) -> dict[str, Any]:
+    """The options given (not None), checked; an error names the option as `Given` spells it, else `--the-key`."""
     values = {}
-    for key, value in overrides.items():
+    for key, given in overrides.items():
         if key not in KEYS:
             raise ValueError(f"load_settings: {key!r} is not a setting")  # a caller's bug, not the user's
+        value, option = (given.value, given.option) if isinstance(given, Given) else (given, None)
         if value is not None:
-            values[key] = parse_value(key, value, "--" + key.replace("_", "-"))
+            values[key] = _checked(key, value, option or "--" + key.replace("_", "-"))
     return values
 
 
@@ -212,7 +227,7 @@ def resolve_settings(overrides: Mapping[str, object] | None = None) -> tuple[Set
         ("default", DEFAULTS),
         ("file", _file_values(config_path())),
         ("environment", _env_values(os.environ)),
-        ("option", _option_values(overrides or {})),
+        ("option", parse_options(overrides or {})),
     ]
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -224,7 +239,8 @@ def resolve_settings(overrides: Mapping[str, object] | None = None) -> tuple[Set
 
 
 def load_settings(overrides: Mapping[str, object] | None = None) -> Settings:
-    """The settings in force: non-None `overrides` (command-line options), then `SC2_*`, then file, then default."""
+    """The settings in force: non-None `overrides` (command-line options, plain or `Given`), then `SC2_*`, then
+    file, then default."""
     return resolve_settings(overrides)[0]
 
 

@@ -118,10 +118,13 @@ def test_a_bad_environment_value_names_the_variable_and_the_key(key, value, mess
 
 
 def test_a_bad_option_value_names_the_option() -> None:
-    with pytest.raises(InputError, match=r"^--max-tokens: max_tokens must be a whole number ≥ 1, got '-3'$"):
+    with pytest.raises(InputError, match=r"^--max-tokens must be a whole number ≥ 1, got '-3'$"):
         load_settings({"max_tokens": "-3"})
-    with pytest.raises(InputError, match="--max-tokens: max_tokens must be a whole number"):
+    with pytest.raises(InputError, match="^--max-tokens must be a whole number"):
         load_settings({"max_tokens": True})  # a bool is not a number, though Python says it is an int
+    with pytest.raises(InputError, match=r"^--budget must be a whole number ≥ 16 or auto, got '10'$"):
+        load_settings({"prompt_budget": settings.Given("10", "--budget")})  # the option the user typed
+    assert load_settings({"prompt_budget": settings.Given(None, "--budget")}).prompt_budget is None
     with pytest.raises(ValueError, match="'temperature' is not a setting"):
         load_settings({"temperature": 0.2})  # a caller's mistake, not the user's
 

@@ -98,10 +98,13 @@ def main(argv: list[str] | None = None) -> None:
         _silence_stdout()
         raise SystemExit(141) from None
     except _click_error_types() as e:
-        message = e.format_message()  # type: ignore[attr-defined]
-        if not message:  # `sc2` alone: the help was shown
-            raise SystemExit(getattr(e, "exit_code", 2)) from None
         ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `sc2`, `sc2 config`: as pip does
+            print(ctx.get_help())
+            raise SystemExit(0) from None
+        message = e.format_message()  # type: ignore[attr-defined]
+        if not message:  # the help was shown (older click)
+            raise SystemExit(getattr(e, "exit_code", 2)) from None
         hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
         fail(f"{message}{hint}", getattr(e, "exit_code", 2))
     except (typer.Abort, EOFError):

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError
-from ..settings import config_path
+from ..settings import config_path, parse_options
 from .app import app
-from .options import AttnOpt, DeviceOpt, DtypeOpt
+from .options import AttnOpt, DeviceOpt, DtypeOpt, given_settings
 from .output import note, write
 
 
@@ -40,6 +40,8 @@ def bench(
     """Measure load time, prefill and decode speed, time to first token and memory bandwidth."""
     from ..bench import REFERENCES, BenchOptions, run_bench  # torch: the benchmark runs models
 
+    # the settings-like options are checked before anything is measured, naming the option typed
+    parse_options(given_settings(device=device, dtype=dtype, attn=attn, quantize=quantize))
     if vs not in (None, "transformers"):
         raise InputError(f"--vs {vs}: only transformers can be compared")
     if vs and vs not in REFERENCES:

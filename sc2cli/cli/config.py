@@ -9,12 +9,14 @@ from typing import Annotated
 
 import typer
 
-from ..settings import config_path, resolve_settings, set_value, unset_value
+from ..settings import KEYS, config_path, resolve_settings, set_value, unset_value
 from .app import app
+
+SETTINGS_LISTED = ", ".join(KEYS)  # from the settings themselves, so the help never misses one
 
 config_app = typer.Typer(
     name="config",
-    help="Show or change the settings file: model, device, dtype, attn, quantize, max_tokens, prompt_budget, offline, engine.",
+    help=f"Show or change the settings file: {SETTINGS_LISTED}.",
     short_help="Show or change the settings.",
     no_args_is_help=True,
 )
@@ -45,10 +47,11 @@ def config_show(
 
 @config_app.command("set")
 def config_set(
-    key: Annotated[
-        str, typer.Argument(help="model, device, dtype, attn, max_tokens, prompt_budget or offline.")
+    key: Annotated[str, typer.Argument(help=f"One of: {SETTINGS_LISTED}.")],
+    value: Annotated[
+        str,
+        typer.Argument(help="The new value, checked before it is saved."),
     ],
-    value: Annotated[str, typer.Argument(help="The new value, checked before it is saved.")],
 ) -> None:
     """Save a setting in the config file. Example: sc2 config set model 7b"""
     key, stored = set_value(key, value)
@@ -56,7 +59,12 @@ def config_set(
 
 
 @config_app.command("unset")
-def config_unset(key: Annotated[str, typer.Argument(help="The setting to remove from the file.")]) -> None:
+def config_unset(
+    key: Annotated[
+        str,
+        typer.Argument(help="The setting to remove from the file."),
+    ],
+) -> None:
     """Remove a setting from the config file, back to its default."""
     removed = unset_value(key)
     state = "removed from" if removed else "was not set in"

@@ -23,6 +23,7 @@ from .options import (
     QuantizeOpt,
     RevisionOpt,
     VerboseOpt,
+    given_settings,
 )
 from .output import ProgressBar, note
 
@@ -58,15 +59,15 @@ def serve_command(
     from .buffer import engine_token as checked_token
 
     settings = load_settings(
-        {
-            "model": model,
-            "device": device,
-            "dtype": dtype,
-            "attn": attn,
-            "prompt_budget": budget,
-            "offline": offline,
-            "quantize": quantize,
-        }
+        given_settings(
+            model=model,
+            device=device,
+            dtype=dtype,
+            attn=attn,
+            prompt_budget=budget,
+            offline=offline,
+            quantize=quantize,
+        )
     )
     key = model_key(settings.model, revision)
     if unix_socket and discover(key) is not None:

@@ -387,3 +387,66 @@ def test_version_and_help(capsys, monkeypatch):
     code, out, _ = sc2(capsys, monkeypatch, "complete", "-h")
     assert code == 0 and "FILE:LINE[:COL]" in out and "--byte-col" in out
 
+
+@pytest.mark.parametrize("args", [[], ["config"]], ids=["sc2", "sc2-config"])
+def test_a_command_group_alone_shows_its_help_plainly(capsys, monkeypatch, args):
+    code, out, err = sc2(capsys, monkeypatch, *args)
+    assert (code, err) == (0, "") and out.startswith(f"Usage: {' '.join(['sc2', *args])} ")
+
+
+def _bad_settings(model: Path, tmp_path: Path) -> list[tuple[list[str], str]]:
+    where = tmp_path / "f.py"
+    where.write_text("x = 1\n")
+    complete = ["complete", f"{where}:1", "-m", str(model), "--show-prompt"]
+    return [
+        ([*complete, "--budget", "10"], "--budget must be a whole number ≥ 16 or auto, got '10'"),
+        ([*complete, "--max-tokens", "0"], "--max-tokens must be a whole number ≥ 1, got '0'"),
+        ([*complete, "--dtype", "fp8"], "--dtype must be one of auto, bf16, fp16, fp32, got 'fp8'"),
+        ([*complete, "--device", "tpu"], "--device must be one of auto, cpu, cuda, mps, got 'tpu'"),
+        ([*complete, "--attn", "fast"], "--attn must be one of auto, sdpa, flash, eager, got 'fast'"),
+        ([*complete, "--quantize", "int4"], "--quantize must be one of none, int8, got 'int4'"),
+        (["fim", "--prefix", "x", "-m", " "], "--model must be a folder"),
+        (["serve", "-m", str(model), "--budget", "3"], "--budget must be a whole number ≥ 16"),
+        (["bench", "--shape", "tiny", "--dtype", "fp8"], "--dtype must be one of"),
+        (["bench", "--shape", "tiny", "--quantize", "int4"], "--quantize must be one of"),
+    ]
+
+
+def test_a_bad_setting_names_the_option_the_user_typed(capsys, monkeypatch, model, tmp_path):
+    for args, message in _bad_settings(model, tmp_path):
+        code, out, err = sc2(capsys, monkeypatch, *args)
+        assert (code, out) == (2, "") and err.startswith(f"sc2: error: {message}"), (args, err)
+        assert err.count("\n") == 1, err
+
+
+def test_a_bad_setting_from_the_environment_or_the_file_names_its_source(
+    capsys, monkeypatch, model, tmp_path
+):
+    where = tmp_path / "f.py"
+    where.write_text("x = 1\n")
+    args = ["complete", f"{where}:1", "-m", str(model), "--show-prompt"]
+    monkeypatch.setenv("SC2_PROMPT_BUDGET", "3")
+    _, _, err = sc2(capsys, monkeypatch, *args)
+    assert (
+        err == "sc2: error: SC2_PROMPT_BUDGET: prompt_budget must be a whole number ≥ 16 or auto, got '3'\n"
+    )
+    monkeypatch.delenv("SC2_PROMPT_BUDGET")
+    config = Path(os.environ["SC2_CONFIG_DIR"]) / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text('{"prompt_budget": 3}')
+    _, _, err = sc2(capsys, monkeypatch, *args)
+    assert err == f"sc2: error: {config}: prompt_budget must be a whole number ≥ 16 or auto, got '3'\n"
+
+
+def test_help_lists_every_setting_names_the_server_token_and_quotes_the_readme(capsys, monkeypatch):
+    from sc2cli.settings import KEYS
+
+    _, out, _ = sc2(capsys, monkeypatch, "config", "set", "--help")
+    assert all(key in " ".join(out.split()) for key in KEYS)
+    _, out, _ = sc2(capsys, monkeypatch, "complete", "--help")
+    assert "SC2_SERVER_TOKEN" in out
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "SC2_SERVER_TOKEN" in readme
+    quantize = " ".join(out.split()).split("--quantize", 1)[1].split(" --", 1)[0]
+    figures = __import__("re").findall(r"~\d+(?:\.\d+)?x", quantize)
+    assert figures and all(figure in readme for figure in figures), (figures, quantize)  # measured there
