@@ -34,7 +34,10 @@ def script(shell: str) -> str:
 
 def _autoload_zsh(text: str) -> str:
     """Typer's zsh script only registers its function, so when compinit autoloads the file from $fpath on the
-    first TAB, that TAB completes nothing. Complete right away when autoloaded; register when sourced."""
+    first TAB, that TAB completes nothing. Register in either case, and complete right away when autoloaded.
+    (Registering matters when autoloaded too: the file's body becomes the function `_sc2` that compinit calls
+    at every TAB, and once it is no longer being autoloaded it would only register, so the second TAB of a
+    session would complete nothing.)"""
     register = f"compdef _{PROG}_completion {PROG}"
     if not text.rstrip().endswith(register):
         raise SystemExit(
@@ -42,10 +45,9 @@ def _autoload_zsh(text: str) -> str:
         )
     head = text.rstrip().removesuffix(register)
     return (
-        f"{head}if [[ $zsh_eval_context[-1] == loadautofunc ]]; then\n"
-        f'  _{PROG}_completion "$@"  # autoloaded from $fpath by compinit\n'
-        f"else\n"
-        f"  {register}  # sourced\n"
+        f"{head}{register}  # later TABs call _{PROG}_completion directly\n"
+        f"if [[ $zsh_eval_context[-1] == loadautofunc ]]; then\n"
+        f'  _{PROG}_completion "$@"  # autoloaded from $fpath by compinit: complete this TAB too\n'
         f"fi"
     )
 

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import InputError
 from ..settings import config_path, parse_options
+from . import completers
 from .app import app
 from .options import AttnOpt, DeviceOpt, DtypeOpt, given_settings
 from .output import note, write
@@ -20,13 +21,13 @@ from .output import note, write
     epilog="Example:  sc2 bench --shape 3b --vs transformers --quantize int8",
 )
 def bench(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint (folder, repo id or alias).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint (folder, repo id or alias).", autocompletion=completers.model_names)] = None,
     shape: Annotated[str | None, typer.Option(help="Random weights of a real shape instead: 3b, 7b, 15b or tiny.")] = None,
     layers: Annotated[int | None, typer.Option(help="With --shape: only this many layers.")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     attn: AttnOpt = None,
-    quantize: Annotated[str, typer.Option(help="none or int8 (also reports greedy agreement with unquantized).")] = "none",
+    quantize: Annotated[str, typer.Option(help="none or int8 (also reports greedy agreement with unquantized).", autocompletion=completers.values_of("quantize"))] = "none",
     vs: Annotated[str | None, typer.Option("--vs", help="Compare with another engine on the same weights: transformers.")] = None,
     prompt_lengths: Annotated[str, typer.Option(help="Prefill lengths, comma-separated.")] = "128,512,2048",
     decode_tokens: Annotated[int, typer.Option(help="Tokens per decode measurement.")] = 32,

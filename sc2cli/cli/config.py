@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..settings import KEYS, config_path, resolve_settings, set_value, unset_value
+from . import completers
 from .app import app
 
 SETTINGS_LISTED = ", ".join(KEYS)  # from the settings themselves, so the help never misses one
@@ -47,10 +48,14 @@ def config_show(
 
 @config_app.command("set")
 def config_set(
-    key: Annotated[str, typer.Argument(help=f"One of: {SETTINGS_LISTED}.")],
+    key: Annotated[
+        str, typer.Argument(help=f"One of: {SETTINGS_LISTED}.", autocompletion=completers.setting_keys)
+    ],
     value: Annotated[
         str,
-        typer.Argument(help="The new value, checked before it is saved."),
+        typer.Argument(
+            help="The new value, checked before it is saved.", autocompletion=completers.setting_values
+        ),
     ],
 ) -> None:
     """Save a setting in the config file. Example: sc2 config set model 7b"""
@@ -62,7 +67,9 @@ def config_set(
 def config_unset(
     key: Annotated[
         str,
-        typer.Argument(help="The setting to remove from the file."),
+        typer.Argument(
+            help="The setting to remove from the file.", autocompletion=completers.set_setting_keys
+        ),
     ],
 ) -> None:
     """Remove a setting from the config file, back to its default."""

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import InputError
 from ..settings import load_settings
+from . import completers
 from .app import app
 from .output import ProgressBar
 
@@ -24,6 +25,7 @@ def download(
         typer.Argument(
             help="A hub repo id (owner/name) or 3b, 7b, 15b. Default: the configured model.",
             show_default=False,
+            autocompletion=completers.hub_model_names,
         ),
     ] = None,
     revision: Annotated[str | None, typer.Option("--revision", "-r", help="A branch, tag or commit.")] = None,
@@ -110,7 +112,13 @@ def _print_models_table(models: list) -> None:
 
 @app.command("rm", short_help="Delete a cached model.", rich_help_panel="Models and settings")
 def remove(
-    model: Annotated[str, typer.Argument(help="A cached hub repo id (owner/name) or 3b, 7b, 15b.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A cached hub repo id (owner/name) or 3b, 7b, 15b.",
+            autocompletion=completers.cached_model_names,
+        ),
+    ],
     revision: Annotated[
         str | None, typer.Option("--revision", "-r", help="Only this branch, tag or commit. Default: all.")
     ] = None,

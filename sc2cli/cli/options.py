@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from ..settings import Given
+from . import completers
 
 _MODEL, _GEN, _PROMPT, _OUT = "Model", "Generation", "Prompt", "Output"
 
@@ -31,6 +32,7 @@ ModelOpt = Annotated[
         "-m",
         help="Checkpoint folder, hub repo id, or alias (tiny, 3b, 7b, 15b).",
         rich_help_panel=_MODEL,
+        autocompletion=completers.model_names,
     ),
 ]
 RevisionOpt = Annotated[str | None, typer.Option(help="Hub branch, tag or commit.", rich_help_panel=_MODEL)]
@@ -42,11 +44,14 @@ DeviceOpt = Annotated[
     typer.Option(
         help="auto, cpu, cuda, cuda:N or mps.",
         rich_help_panel=_MODEL,
+        autocompletion=completers.values_of("device"),
     ),
 ]
 DtypeOpt = Annotated[
     str | None,
-    typer.Option(help="auto, bf16, fp16 or fp32.", rich_help_panel=_MODEL),
+    typer.Option(
+        help="auto, bf16, fp16 or fp32.", rich_help_panel=_MODEL, autocompletion=completers.values_of("dtype")
+    ),
 ]
 QuantizeOpt = Annotated[
     str | None,
@@ -54,6 +59,7 @@ QuantizeOpt = Annotated[
         help="none, or int8: int8 weights (embeddings and norms kept), half the memory of bf16 and faster "
         "on CPUs (README, Speed: decode ~1.4x, prompts ~3.7x on 2 cores).",
         rich_help_panel=_MODEL,
+        autocompletion=completers.values_of("quantize"),
     ),
 ]
 AttnOpt = Annotated[
@@ -61,6 +67,7 @@ AttnOpt = Annotated[
     typer.Option(
         help="Attention: auto, sdpa, flash or eager.",
         rich_help_panel=_MODEL,
+        autocompletion=completers.values_of("attn"),
     ),
 ]
 MaxTokensOpt = Annotated[int | None, typer.Option(help="Most tokens to generate.", rich_help_panel=_GEN)]
