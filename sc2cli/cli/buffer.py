@@ -4,10 +4,13 @@ completion's events as text, JSON or JSON lines. Where the completion runs is th
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from .. import session
@@ -16,38 +19,97 @@ from ..completion.events import Done, Event, Token
 from ..completion.prompt import Document, Prompt
 from ..completion.request import CompletionRequest
 from ..completion.sampling import Sampling
-from ..completion.sources import read_stdin, read_text, relative_path, repository_of
+from ..completion.sources import (
+    BYTES_PER_TOKEN,
+    decode_text,
+    open_input,
+    read_all,
+    read_excerpt,
+    read_head,
+    read_stdin,
+    read_text,
+    relative_path,
+    repository_of,
+)
 from ..engines.transport import StreamCut
 from ..errors import InputError
+from ..model.device import default_budget, probable_device_type
 from ..settings import Settings, load_settings
 from .options import CompletionOptions, OutputFormat
 from .output import ProgressBar, note, truncation_note, write
 
+WINDOW_TOKENS = (
+    16384  # the budget the input window is sized for when none is set: the StarCoder2 models' context
+)
+
 
 @dataclass
 class Buffer:
-    """The text being completed and the cursor's offset in it; `path` is where it lives, if known."""
+    """The text being completed and the cursor's offset in it; `path` is where it lives, if known. `text`
+    may be an excerpt (the lines the prompt can use): `before` and `after` then hold the rest of the input,
+    kept only for --insert, which prints it all."""
 
     text: str
     cursor: int
     path: str | None
+    before: str = ""
+    after: str = ""
 
 
 def complete_at(location: str, byte_col: bool, path: str | None, opts: CompletionOptions) -> None:
-    """`sc2 complete`: the buffer is a file (or stdin) and the cursor FILE:LINE[:COL]."""
+    """`sc2 complete`: the buffer is a file (or stdin) and the cursor FILE:LINE[:COL]. Only the lines the
+    prompt can use are read into memory (sources.read_excerpt), except with --insert, which prints the
+    whole input and so holds it (at most sources.MAX_INPUT_BYTES)."""
     where = parse_location("-" + location[1:] if location.startswith("\0") else location)
-    text = read_stdin() if where.path == "-" else read_text(where.path)
-    file_path = path or (None if where.path == "-" else where.path)
-    cursor = cursor_offset(text, where.line, where.column, byte_column=byte_col, name=file_path or "stdin")
-    complete_buffer(Buffer(text, cursor, file_path), opts)
+    settings = _settings(opts)
+    stdin = where.path == "-"
+    file_path = path or (None if stdin else where.path)
+    name = "standard input" if stdin else where.path
+    with nullcontext(sys.stdin.buffer) if stdin else open_input(where.path) as stream:
+        data = read_all(stream, name) if opts.insert else None
+        source = BytesIO(data) if data is not None else stream
+        excerpt = read_excerpt(source, where.line, window_bytes(settings), name, drain=stdin)
+    cursor = cursor_offset(
+        excerpt.text, where.line - excerpt.first_line + 1, where.column,
+        byte_column=byte_col, name=file_path or "stdin", first_line=excerpt.first_line,
+    )  # fmt: skip
+    buffer = Buffer(excerpt.text, cursor, file_path)
+    if data is not None:
+        buffer.before = decode_text(data[: excerpt.start], name)
+        buffer.after = decode_text(data[excerpt.end :], name, excerpt.end)
+    complete_buffer(buffer, opts, settings)
+
+
+def _settings(opts: CompletionOptions) -> Settings:
+    """The settings in force, once the options no setting checks are checked: typer reads "nan" and "inf"
+    as floats, which no sampling can use."""
+    for flag, value in (("--temperature", opts.temperature), ("--top-p", opts.top_p)):
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
+    return load_settings(opts.settings_overrides())
+
+
+def window_bytes(settings: Settings) -> int:
+    """How far around the cursor the prompt can reach, in bytes of the input: its budget (the device's
+    default when none is set, as the session picks it) times the most bytes a token holds. A warm server
+    started with a larger budget than this process would pick sees the window this one reads."""
+    budget = settings.prompt_budget or default_budget(probable_device_type(settings.device))
+    return budget * BYTES_PER_TOKEN
 
 
 def fill_in(prefix: str, suffix: str, path: str | None, opts: CompletionOptions) -> None:
-    """`sc2 fim`: the buffer is a prefix and a suffix, each text, @PATH or - (stdin)."""
+    """`sc2 fim`: the buffer is a prefix and a suffix, each text, @PATH or - (stdin); like a file's, only
+    the lines around the cursor that the prompt can use go on (the tail of the prefix, the head of the
+    suffix)."""
     if prefix == "-" and suffix == "-":
         raise InputError("only one of --prefix and --suffix can read stdin (-)")
+    settings = _settings(opts)
     before, after = _text_option(prefix), _text_option(suffix)
-    complete_buffer(Buffer(before + after, len(before), path), opts)
+    line = before.count("\n") + 1
+    data = (before + after).encode("utf-8")
+    excerpt = read_excerpt(BytesIO(data), line, window_bytes(settings), "the prefix and suffix")
+    cursor = len(before) - len(data[: excerpt.start].decode("utf-8"))
+    complete_buffer(Buffer(excerpt.text, cursor, path), opts, settings)
 
 
 def _text_option(value: str) -> str:
@@ -58,9 +120,8 @@ def _text_option(value: str) -> str:
     return value
 
 
-def complete_buffer(buffer: Buffer, opts: CompletionOptions) -> None:
-    """Shared by complete and fim: settings, request, where it runs, output."""
-    settings = load_settings(opts.settings_overrides())
+def complete_buffer(buffer: Buffer, opts: CompletionOptions, settings: Settings) -> None:
+    """Shared by complete and fim: request, where it runs, output."""
     request = build_request(buffer, opts, settings)
     if opts.show_prompt:
         _show_prompt(request, settings, opts)
@@ -107,7 +168,10 @@ def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -
     anchor = buffer.path or (str(Path.cwd() / "_") if contexts else None)
     repo, root = repository_of(anchor) if anchor else (None, Path.cwd())
     given = tuple(
-        Document(relative_path(c, root), read_text(c).replace("\r\n", "\n"), "--context") for c in contexts
+        Document(
+            relative_path(c, root), read_head(c, window_bytes(settings)).replace("\r\n", "\n"), "--context"
+        )
+        for c in contexts
     )
     documents = given + _auto_context(buffer.path, prefix, suffix, given, opts, settings)
     return CompletionRequest(
@@ -187,16 +251,22 @@ def print_events(
         if isinstance(event, Done):
             done, record = event, {**event.to_json(), **(extra or {})}
             if insert is not None:
-                record["buffer"] = insert.text[: insert.cursor] + done.text + insert.text[insert.cursor :]
+                record["buffer"] = (
+                    insert.before + insert.text[: insert.cursor] + done.text + insert.text[insert.cursor :]
+                    + insert.after
+                )  # fmt: skip
         else:
             record = event.to_json()
         if output is OutputFormat.jsonl:
-            write(json.dumps(record, ensure_ascii=False) + "\n")
+            write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         elif output is OutputFormat.text and isinstance(event, Token) and insert is None:
             write(event.text)
     assert done is not None, "a completion's events end with Done"
     if output is OutputFormat.json:
-        write(json.dumps({k: v for k, v in record.items() if k != "type"}, ensure_ascii=False) + "\n")
+        write(
+            json.dumps({k: v for k, v in record.items() if k != "type"}, ensure_ascii=False, allow_nan=False)
+            + "\n"
+        )
     elif output is OutputFormat.text:
         if insert is not None:
             write(record["buffer"])

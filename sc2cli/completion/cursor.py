@@ -37,19 +37,32 @@ def line_count(text: str) -> int:
     return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
+def past_the_end(line: int, lines: int, name: str) -> InputError:
+    """The error for a cursor below the last line (`lines`, as `line_count` counts them)."""
+    return InputError(f"line {line} is past the end of {name} ({lines} lines)")
+
+
 def cursor_offset(
-    text: str, line: int, column: int | None, *, byte_column: bool = False, name: str = "file"
+    text: str,
+    line: int,
+    column: int | None,
+    *,
+    byte_column: bool = False,
+    name: str = "file",
+    first_line: int = 1,
 ) -> int:
     """The character offset of a 1-based LINE:COL cursor (before the COL-th character, or before the
-    COL-th byte of the line's UTF-8 with `byte_column`). No COL: the end of the line's text."""
+    COL-th byte of the line's UTF-8 with `byte_column`). No COL: the end of the line's text. `text` may be
+    an excerpt of the file that starts at line `first_line` (errors then name the file's line numbers)."""
     starts = [0] + [m.end() for m in re.finditer("\n", text)]
     if line > len(starts):
-        raise InputError(f"line {line} is past the end of {name} ({line_count(text)} lines)")
+        raise past_the_end(line + first_line - 1, line_count(text) + first_line - 1, name)
     start = starts[line - 1]
     end = starts[line] - 1 if line < len(starts) else len(text)
     line_text = text[start:end].removesuffix("\r")
     if column is None:
         return start + len(line_text)
+    line = line + first_line - 1
     if byte_column:
         encoded = line_text.encode("utf-8")
         if column > len(encoded) + 1:

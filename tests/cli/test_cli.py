@@ -322,7 +322,33 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str | bytes | None, str]]:
     (tmp / "notamodel").mkdir()
     (tmp / "notamodel" / "config.json").write_text('{"model_type": "llama"}')
     ok = str(tmp / "ok.py")
+    os.mkfifo(tmp / "fifo.py")  # no writer: reading it would wait forever
+    with open(tmp / "huge.py", "wb") as f:
+        f.truncate(64 << 20 | 1)  # sparse
+    (tmp / "long.py").write_text("x = 1\n" + "y" * 5000 + "\n")
     return [
+        (["complete", str(tmp / "fifo.py:1")], None, "fifo.py is a FIFO, not a regular file"),
+        (["complete", ok + ":1", "--context", str(tmp / "fifo.py")], None, "fifo.py is a FIFO"),
+        (["complete", f"{os.devnull}:1"], None, "is a character device, not a regular file"),
+        (["fim", "--prefix", f"@{tmp / 'fifo.py'}"], None, "fifo.py is a FIFO"),
+        (["complete", str(tmp / "huge.py:1")], None, "huge.py is over 64 MiB"),
+        (["complete", "-:1"], b"x\n" * (32 << 20) + b"x", "standard input is over 64 MiB"),
+        (
+            ["complete", str(tmp / "long.py:2"), "--budget", "64"],
+            None,
+            "line 2 of .*long.py is over 4096 bytes",
+        ),
+        (
+            ["complete", ok + ":1", "--temperature", "nan"],
+            None,
+            "--temperature must be a finite number, got nan",
+        ),
+        (
+            ["complete", ok + ":1", "--temperature", "inf"],
+            None,
+            "--temperature must be a finite number, got inf",
+        ),
+        (["fim", "--prefix", "a", "--top-p", "nan"], None, "--top-p must be a finite number, got nan"),
         (["complete", str(tmp / "missing.py:1")], None, "missing.py: no such file"),
         (["complete", str(tmp / "dir:1")], None, "is a directory"),
         (["complete", str(tmp / "bin.py:1")], None, "looks like a binary file"),
