@@ -32,7 +32,7 @@ def config_show(
     settings, sources = resolve_settings()
     values = dataclasses.asdict(settings)
     if as_json:
-        print(json.dumps(values, indent=2))
+        print(json.dumps(values, indent=2, allow_nan=False))
         return
     for key, value in values.items():
         shown = (

@@ -82,7 +82,11 @@ def list_models(
     found = cached_models()
     if as_json:
         keys = ("repo_id", "revision", "commit", "refs", "size", "path", "complete")
-        print(json.dumps([{k: _jsonable(getattr(m, k)) for k in keys} for m in found], indent=2))
+        print(
+            json.dumps(
+                [{k: _jsonable(getattr(m, k)) for k in keys} for m in found], indent=2, allow_nan=False
+            )
+        )
     elif not found:
         print(f"sc2: no StarCoder2 model in {hub_cache()}; fetch one with `sc2 download 3b`", file=sys.stderr)
     else:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+from ..errors import Sc2Error
 from ..model.model import Starcoder2
 from .assembly import Assembly, timings
 from .events import Event, Usage
-from .generate import PromptCache, common_prefix, generate
+from .generate import NonFiniteLogits, PromptCache, Step, common_prefix, generate
 from .prompt import Prompt
 from .request import CompletionRequest, prompt_for
 from .tokenizer import Tokenizer
@@ -89,7 +90,7 @@ class Engine:
             token_bytes=self.tokenizer.token_bytes,
         )  # fmt: skip
         try:
-            for step in steps:
+            for step in self._checked(steps):
                 first_token_at = first_token_at or time.perf_counter()
                 event = assembly.push(step.token, step.logprob)
                 if event:
@@ -112,3 +113,13 @@ class Engine:
             model=self.name,
             healed=prompt.heal,
         )
+
+    def _checked(self, steps: Iterator[Step]) -> Iterator[Step]:
+        """`steps`, with non-finite logits turned into an error that names this model."""
+        try:
+            yield from steps
+        except NonFiniteLogits as e:
+            raise Sc2Error(
+                f"{self.name}: the model computed NaN or Inf (at completion token {e.position}); its weights "
+                "are damaged, or overflow in this dtype (try --dtype fp32)"
+            ) from None
