@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from .layout import CONFIG, check_snapshot, missing_files
+from ..errors import CheckpointError, InputError, Sc2Error
+from .layout import CONFIG, INDEX, check_snapshot, damaged_files, missing_files
 from .names import COMMIT_RE, check_revision, repo_id_of
 
 HASH_CHUNK = 8 << 20
@@ -115,6 +117,7 @@ class CachedModel:
     size: int  # bytes on disk
     path: Path
     complete: bool  # every file inference needs is there
+    damaged: tuple[str, ...] = ()  # files that fail the cheap checks (layout.damaged_files)
 
     @property
     def revision(self) -> str:
@@ -127,6 +130,13 @@ def _is_starcoder2(folder: Path) -> bool:
         return json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("model_type") == "starcoder2"
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return False
+
+
+def _damaged(folder: Path) -> tuple[str, ...]:
+    try:
+        return tuple(damaged_files(folder))
+    except CheckpointError:  # an unreadable shard index
+        return (INDEX,)
 
 
 def cached_models() -> list[CachedModel]:
@@ -144,6 +154,7 @@ def cached_models() -> list[CachedModel]:
             size=rev.size_on_disk,
             path=Path(rev.snapshot_path),
             complete=not missing_files(Path(rev.snapshot_path)),
+            damaged=_damaged(Path(rev.snapshot_path)),
         )
         for repo in scan_cache_dir(cache).repos
         if repo.repo_type == "model"
@@ -167,13 +178,50 @@ def find_cached(name: str, revision: str | None = None) -> list[CachedModel]:
 
 def remove_model(name: str, revision: str | None = None) -> tuple[list[CachedModel], int]:
     """Delete cached revisions of a model (blobs other revisions still use are kept); returns them and the bytes
-    freed."""
+    freed. Raises Sc2Error, after deleting what it could, when a revision's snapshot is still there."""
     doomed = find_cached(name, revision)
     from huggingface_hub import scan_cache_dir
 
     strategy = scan_cache_dir(hub_cache()).delete_revisions(*(m.commit for m in doomed))
-    strategy.execute()
+    with _hub_warnings() as failures:
+        try:
+            strategy.execute()
+        except OSError as e:
+            failures.append(f"{e.strerror or e} ({e.filename})")
+    left = [m for m in doomed if m.path.exists()]
+    if left:
+        why = failures[0] if failures else f"{left[0].path} is still there"
+        gone = len(doomed) - len(left)
+        raise Sc2Error(
+            f"could not delete {left[0].repo_id} ({left[0].revision}): {why}; "
+            f"{gone} of {len(doomed)} revisions deleted (is {hub_cache()} writable?)"
+        )
     return doomed, strategy.expected_freed_size
+
+
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _hub_warnings() -> Iterator[list[str]]:
+    """The hub's warnings while the block runs (the paths it could not delete, each with a traceback) as
+    one-line messages, instead of on stderr."""
+    hub_log = logging.getLogger("huggingface_hub")
+    saved = hub_log.handlers, hub_log.propagate, hub_log.level
+    messages: list[str] = []
+    hub_log.handlers, hub_log.propagate = [_Collect(messages)], False
+    hub_log.setLevel(logging.WARNING)
+    try:
+        yield messages
+    finally:
+        hub_log.handlers, hub_log.propagate = saved[0], saved[1]
+        hub_log.setLevel(saved[2])
 
 
 def format_bytes(n: int) -> str:

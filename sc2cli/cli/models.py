@@ -81,7 +81,7 @@ def list_models(
 
     found = cached_models()
     if as_json:
-        keys = ("repo_id", "revision", "commit", "refs", "size", "path", "complete")
+        keys = ("repo_id", "revision", "commit", "refs", "size", "path", "complete", "damaged")
         print(
             json.dumps(
                 [{k: _jsonable(getattr(m, k)) for k in keys} for m in found], indent=2, allow_nan=False
@@ -110,6 +110,7 @@ def _print_models_table(models: list) -> None:
         table.add_column(column, justify="right" if column == "SIZE" else "left", no_wrap=True)
     for m in models:
         revision = m.revision if m.complete else f"{m.revision} (incomplete)"
+        revision = f"{revision} (damaged)" if m.damaged else revision
         table.add_row(m.repo_id, revision, format_bytes(m.size), str(m.path))
     Console(width=None if sys.stdout.isatty() else 10_000).print(table)
 

@@ -795,3 +795,34 @@ def test_wrapped_and_http_failures_become_one_line_errors() -> None:
         )
         failure = hf.HfHubHTTPError(f"{status} error", response=response)
         assert message in str(hub_errors.translate(failure, REPO, REPO, None))
+
+
+def test_models_marks_damaged_entries(env, fake: FakeHub, capsys) -> None:
+    folder = download(REPO)
+    blob = (folder / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-10])  # truncated, as a disk that filled up leaves it
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "main (damaged)" in out
+    code, out, _ = run_cli(capsys, "models", "--json")
+    [listed] = json.loads(out)
+    assert listed["complete"] is True and listed["damaged"] == ["model.safetensors"]
+
+
+def test_rm_that_cannot_delete_says_so_and_claims_nothing(env, fake: FakeHub, capsys, monkeypatch) -> None:
+    """As in a cache the user cannot write (tests run as root, which ignores permissions: the deletions
+    themselves fail here, inside huggingface_hub's own deletion code)."""
+    folder = download(REPO)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    monkeypatch.setattr(os, "remove", refuse)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    code, out, err = run_cli(capsys, "rm", REPO, "--yes")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert (
+        err.startswith("sc2: error: could not delete test/tiny-sc2 (main): ") and "permission denied" in err
+    )
+    assert "0 of 1 revisions deleted" in err and "Traceback" not in err
+    assert folder.exists() and [m.commit for m in cache.cached_models()] == [folder.name]
