@@ -17,11 +17,12 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, Sc2Error
 
 CONFIG_FILENAME = "config.json"
 ENV_PREFIX = "SC2_"
@@ -246,10 +247,17 @@ def load_settings(overrides: Mapping[str, object] | None = None) -> Settings:
 
 def _write_config_file(path: Path, values: Mapping[str, Any]) -> None:
     """Replace the file atomically, so an interrupted write never leaves half a config behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(values), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(dict(values), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise Sc2Error(
+            f"cannot write the config file {path}: {e.strerror or e}; nothing saved (SC2_CONFIG_DIR moves it)"
+        ) from None
 
 
 def set_value(key: str, value: str) -> tuple[str, Any]:

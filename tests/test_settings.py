@@ -239,3 +239,32 @@ def test_config_commands_do_not_import_torch(config_dir: Path) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
         assert "torch" not in imported and "huggingface_hub" not in imported, args
+
+
+def test_config_set_where_it_cannot_write_is_one_line_and_saves_nothing(
+    capsys, monkeypatch, tmp_path
+) -> None:
+    folder = tmp_path / "config"
+    monkeypatch.setenv("SC2_CONFIG_DIR", str(folder))
+    assert run_cli(capsys, "config", "set", "model", "3b")[0] == 0
+    (folder / f".config.json.{os.getpid()}.tmp").mkdir()  # the temporary file cannot be written, even by root
+    before = sorted(folder.iterdir()), (folder / "config.json").read_text()
+    code, out, err = run_cli(capsys, "config", "set", "model", "7b")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(
+        f"sc2: error: cannot write the config file {folder / 'config.json'}: Is a directory"
+    )
+    assert (
+        "saved in" not in err and (sorted(folder.iterdir()), (folder / "config.json").read_text()) == before
+    )
+    (folder / f".config.json.{os.getpid()}.tmp").rmdir()
+    before = sorted(folder.iterdir()), (folder / "config.json").read_text()
+
+    def read_only(*args: object) -> None:  # what a read-only folder does to the rename (root ignores modes)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    for args in (("set", "model", "7b"), ("unset", "model")):
+        code, out, err = run_cli(capsys, "config", *args)
+        assert code == 1 and err.count("\n") == 1 and "Permission denied; nothing saved" in err, err
+        assert (sorted(folder.iterdir()), (folder / "config.json").read_text()) == before  # no temp file left
