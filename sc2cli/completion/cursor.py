@@ -54,6 +54,8 @@ def cursor_offset(
     """The character offset of a 1-based LINE:COL cursor (before the COL-th character, or before the
     COL-th byte of the line's UTF-8 with `byte_column`). No COL: the end of the line's text. `text` may be
     an excerpt of the file that starts at line `first_line` (errors then name the file's line numbers)."""
+    if line < 1 or (column is not None and column < 1):
+        raise InputError(f"line {line}, column {column} of {name}: LINE and COL count from 1")
     starts = [0] + [m.end() for m in re.finditer("\n", text)]
     if line > len(starts):
         raise past_the_end(line + first_line - 1, line_count(text) + first_line - 1, name)

@@ -21,7 +21,9 @@ from .prompt import SNAP_LINES
 
 BINARY_SNIFF_BYTES = 8192
 MAX_INPUT_BYTES = 64 << 20  # larger inputs are refused: no source file is this big
-BYTES_PER_TOKEN = 64  # at least a token's bytes (the built-in tiny model's longest is 37; code averages 3-4)
+BYTES_PER_TOKEN = 64  # a token's bytes, at most, for all but 82 of StarCoder2's 49,152 tokens (runs of one
+# character, up to 256 bytes; the tiny model's longest is 37; code averages 3-4): a file made mostly of such
+# runs gets a shorter prompt than the whole file would give, never a wrong one
 READ_CHUNK = 1 << 20
 
 
