@@ -152,14 +152,19 @@ def prompt_only(
     return prompt_for(request, Tokenizer.from_folder(checkpoint.folder), budget, checkpoint.config)
 
 
-def find_server(settings: Settings, revision: str | None, url: str | None = None) -> Endpoint | None:
+def find_server(
+    settings: Settings,
+    revision: str | None,
+    url: str | None = None,
+    note: Callable[[str], None] | None = None,
+) -> Endpoint | None:
     """The server to use: the one `url` names, else a warm one for this model found in the runtime folder,
     unless the settings ask for a device, dtype or attention backend it does not run with."""
     from .serve.client import Endpoint, discover  # http.client: only when a server is looked for
 
     if url:
         return Endpoint.from_url(url, os.environ.get("SC2_SERVER_TOKEN"))
-    found = discover(model_key(settings.model, revision))
+    found = discover(model_key(settings.model, revision), note)
     if found is None:
         return None
     endpoint, info = found

@@ -133,7 +133,11 @@ def complete_buffer(buffer: Buffer, opts: CompletionOptions, settings: Settings)
         )  # fmt: skip
         print_events(engine.stream(request), opts.output, buffer if opts.insert else None, opts.verbose)
         return
-    endpoint = None if opts.no_server else session.find_server(settings, opts.revision, opts.server)
+    endpoint = (
+        None
+        if opts.no_server
+        else session.find_server(settings, opts.revision, opts.server, lambda m: note(m, opts.verbose))
+    )
     if endpoint is not None:
         note(f"using the server at {endpoint}", opts.verbose)
         events = session.stream_through(endpoint, request, opts.client_id)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,7 +39,11 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help="TCP port (default 8712, or a free one if it is taken; 0: any).")] = None,
     unix_socket: Annotated[bool, typer.Option("--socket/--no-socket", help="Also listen on a Unix socket in the runtime folder.")] = True,
     idle_timeout: Annotated[float, typer.Option(help="Exit after this many seconds without a request (0: never).")] = 900,
-    token: Annotated[str | None, typer.Option(envvar="SC2_SERVER_TOKEN", help="Require this bearer token.")] = None,
+    token: Annotated[str | None, typer.Option(help="Require this bearer token (shows in `ps`: prefer SC2_SERVER_TOKEN or --token-file).")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Require the bearer token this file holds (its first line).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
+    request_timeout: Annotated[float, typer.Option(help="Seconds a request may take to arrive (line, headers, body).")] = 10,
+    max_connections: Annotated[int, typer.Option(help="Connections served at once; more get a 503.")] = 64,
     cache_slots: Annotated[int, typer.Option(help="Prompt caches kept for reuse (one per file being edited).")] = 4,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 2048,
     verbose: VerboseOpt = False,
@@ -53,7 +59,7 @@ def serve_command(
     from .. import session  # the library loads when the command runs (torch with the model)
     from ..checkpoint.names import model_key
     from ..serve.client import discover
-    from ..serve.runtime import announcement_path, socket_path
+    from ..serve.runtime import announcement_path, private_runtime_dir, socket_path
     from ..serve.server import serve as run_server
     from ..serve.service import DEFAULT_PORT, ServerOptions
     from .buffer import engine_token as checked_token
@@ -70,10 +76,20 @@ def serve_command(
         )
     )
     key = model_key(settings.model, revision)
+    token = _token(token, token_file)
+    if not _loopback(host):
+        if not token and not insecure:
+            raise InputError(
+                f"--host {host} is reachable from other machines: set SC2_SERVER_TOKEN (or --token-file), "
+                "or pass --insecure to serve without a token"
+            )
+        note(f"listening on {host}: reachable from other machines{'' if token else ' with no token'}", True)
+    if request_timeout <= 0 or max_connections < 1:
+        raise InputError("--request-timeout must be > 0 and --max-connections ≥ 1")
+    if unix_socket:
+        private_runtime_dir()  # refuses a folder another user could answer from, before the model loads
     if unix_socket and discover(key) is not None:
         raise InputError(f"a server for {settings.model} is already running ({socket_path(key)})")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        note(f"listening on {host}: reachable from other machines{'' if token else ' with no token'}", True)
     options = ServerOptions(
         host=host,
         port=_free_port(host, DEFAULT_PORT) if port is None else port,
@@ -83,6 +99,8 @@ def serve_command(
         token=token,
         idle_timeout=idle_timeout,
         max_tokens_limit=max_tokens_limit,
+        request_timeout=request_timeout,
+        max_connections=max_connections,
         log=(lambda message: print(f"sc2 serve: {message}", file=sys.stderr, flush=True))
         if verbose
         else (lambda m: None),
@@ -118,6 +136,36 @@ def serve_command(
         file=sys.stderr,
         flush=True,
     )
+
+
+def _token(argv_token: str | None, token_file: Path | None) -> str | None:
+    """The bearer token: --token (with a warning: every user sees argv in `ps`), --token-file, or
+    SC2_SERVER_TOKEN."""
+    if argv_token is not None:
+        note(
+            "--token shows in `ps` to every user of this machine; use SC2_SERVER_TOKEN or --token-file", True
+        )
+        return argv_token or None
+    if token_file is not None:
+        try:
+            first = token_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--token-file {token_file}: cannot read it ({e})") from None
+        if not first or not first[0].strip():
+            raise InputError(f"--token-file {token_file}: the file is empty")
+        return first[0].strip()
+    return os.environ.get("SC2_SERVER_TOKEN") or None
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _free_port(host: str, preferred: int) -> int:

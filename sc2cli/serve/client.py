@@ -3,7 +3,8 @@ more than the model's own work.
 
 A server announces itself with a small JSON file in the user runtime folder, named after the model it
 serves; it listens on a Unix socket next to it (and on a loopback TCP port). The file is private to the
-user (mode 0600) and carries the server's bearer token, if it has one.
+user (mode 0600) and carries the server's bearer token, if it has one; the client trusts it only when it
+and its folder and socket are the user's own (runtime.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,15 +65,27 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def discover(key: str) -> tuple[Endpoint, dict[str, Any]] | None:
-    """The running server for this model and what it announced (device, dtype, ...), if one answers;
-    None otherwise (never an error)."""
-    info = read_announcement(key)
-    try:
-        endpoint = Endpoint(unix=info["socket"] or None, port=info.get("port", 0), token=info.get("token"))  # type: ignore[index, union-attr]
-    except (KeyError, TypeError, AttributeError):
+def discover(key: str, note: Callable[[str], None] | None = None) -> tuple[Endpoint, dict[str, Any]] | None:
+    """The running server for this model and what it announced (device, dtype, ...), if its announcement
+    can be trusted (runtime.read_announcement) and it answers; None otherwise (never an error), with the
+    reason passed to `note`."""
+    found = read_announcement(key)
+    say = note or (lambda message: None)
+    if found.info is None:
+        say(f"no warm server: {found.reason}")
         return None
-    return (endpoint, info) if healthy(endpoint) else None
+    info = found.info
+    try:
+        endpoint = Endpoint(
+            unix=info["socket"] or None, port=int(info.get("port", 0)), token=info.get("token")
+        )
+    except (KeyError, TypeError, ValueError):
+        say("no warm server: the announcement is not a server's")
+        return None
+    if not healthy(endpoint):
+        say(f"no warm server: the one announced at {endpoint} does not answer")
+        return None
+    return endpoint, info
 
 
 def healthy(endpoint: Endpoint) -> bool:
@@ -106,7 +119,7 @@ def _request(endpoint: Endpoint, method: str, path: str, body: Any, timeout: flo
 def info(endpoint: Endpoint) -> dict[str, Any]:
     status, body = _request(endpoint, "GET", "/v1/info", None, 5)
     if status != 200:
-        raise Sc2Error(f"server at {endpoint}: {(body or {}).get('error', f'HTTP {status}')}")
+        raise Sc2Error(f"server at {endpoint}: {_message_of(body, status)}")
     return body
 
 
@@ -135,7 +148,16 @@ def stream_completion(
 
 
 def _error_message(data: bytes, status: int) -> str:
+    """The message of the server's `{"error": {"message": ...}}` (or an older server's `{"error": "..."}`)."""
     try:
-        return json.loads(data)["error"]
-    except (ValueError, KeyError, TypeError):
+        return _message_of(json.loads(data), status)
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _message_of(body: Any, status: int) -> str:
+    try:
+        error = body["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
+    except (KeyError, TypeError):
         return f"HTTP {status}"

@@ -6,7 +6,8 @@ Endpoints (serve/http.py routes them, serve/protocols/ shapes them):
 - `POST /v1/completions`: OpenAI's legacy completions with `prompt` + `suffix` (protocols/openai.py);
 - `GET /health` (as llama.cpp's), `GET /v1/models`, `GET /v1/info`.
 
-One generation runs at a time; others queue. A request is cancelled at the next token when its client
+One generation runs at a time; others queue. At most `max_connections` connections are served at once
+(a thread each; the next get a 503 and are closed), and a request must arrive within `request_timeout`. A request is cancelled at the next token when its client
 disconnects, or when a newer request arrives with the same `client_id` (editors fire one per keystroke).
 """
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import socketserver
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,20 +28,61 @@ from typing import Any
 
 from ..completion.engine import Engine
 from .http import Handler
-from .runtime import announce, withdraw
+from .runtime import announce, private_runtime_dir, withdraw
 from .service import ServerOptions, Service
+from .wire import dumps, error_body
 
 # ------------------------------------------------------------------------------------------------ running
 
+BACKLOG = 128  # connections the kernel holds before accept (the standard library's 5 reset some under load)
+BUSY = dumps(error_body(503, "too many connections; try again")).encode()
 
-class _TCPServer(ThreadingHTTPServer):
+
+class _Bounded(socketserver.ThreadingMixIn):
+    """A thread per connection, at most `slots` at once; one too many gets a 503 and is closed. Failures
+    of a connection (a client that hung up, garbage on the wire) are logged as one line, no traceback."""
+
     daemon_threads = True
+    request_queue_size = BACKLOG
+    slots: threading.BoundedSemaphore
+    log: Callable[[str], None]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        self.log(f"connection {client_address}: {type(error).__name__}: {error}")
+
+
+def _refuse(request: socket.socket) -> None:
+    try:
+        request.settimeout(1)
+        head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(BUSY)}"
+        request.sendall(head.encode() + b"\r\nConnection: close\r\n\r\n" + BUSY)
+    except OSError:
+        pass
+
+
+class _TCPServer(_Bounded, ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
+class _UnixServer(_Bounded, socketserver.UnixStreamServer):
     def get_request(self):  # BaseHTTPRequestHandler wants a (host, port)-like address for its logs
         conn, _ = super().get_request()
         return conn, ("unix", 0)
@@ -48,9 +92,12 @@ def serve(engine: Engine, options: ServerOptions, ready: Callable[[dict], None] 
     """Serve until SIGTERM/SIGINT or `idle_timeout` seconds without a request; returns why it stopped."""
     service = Service(engine, options)
     handler = type("BoundHandler", (Handler,), {"service": service})
-    servers: list[socketserver.BaseServer] = [_TCPServer((options.host, options.port), handler)]
+    slots = threading.BoundedSemaphore(options.max_connections)  # shared by TCP and the Unix socket
+    tcp = type("TCP", (_TCPServer,), {"slots": slots, "log": staticmethod(options.log)})
+    servers: list[socketserver.BaseServer] = [tcp((options.host, options.port), handler)]
     if options.socket_path is not None:
-        servers.append(_bind_unix(options.socket_path, handler))
+        unix = type("Unix", (_UnixServer,), {"slots": slots, "log": staticmethod(options.log)})
+        servers.append(_bind_unix(options.socket_path, unix, handler))
     port = servers[0].server_address[1]
     stop = threading.Event()
     reason = ["idle"]
@@ -85,10 +132,10 @@ def serve(engine: Engine, options: ServerOptions, ready: Callable[[dict], None] 
     return reason[0]
 
 
-def _bind_unix(path: Path, handler: type) -> _UnixServer:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _bind_unix(path: Path, server: type[_UnixServer], handler: type) -> _UnixServer:
+    private_runtime_dir()
     if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
         path.unlink()  # a stale socket left by a server that died; a live one was ruled out by the caller
-    server = _UnixServer(str(path), handler)
+    bound = server(str(path), handler)
     os.chmod(path, 0o600)
-    return server
+    return bound

@@ -19,6 +19,8 @@ DEFAULT_PORT = 8712
 DEFAULT_IDLE_TIMEOUT_S = 900
 MAX_BODY_BYTES = 8 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 2048
+DEFAULT_REQUEST_TIMEOUT_S = 10.0  # a request (line, headers, body) must arrive whole within this
+DEFAULT_MAX_CONNECTIONS = 64  # connections served at once (a thread each); more get a 503
 
 
 @dataclass
@@ -32,6 +34,8 @@ class ServerOptions:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
     max_body: int = MAX_BODY_BYTES
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     log: Callable[[str], None] = lambda message: None
 
 
@@ -82,6 +86,11 @@ class Service:
         finally:
             self.active -= 1
             self.last_activity = time.monotonic()
+
+    def context_size(self, request: CompletionRequest | None) -> int:
+        """Prompt + completion tokens a request may use: its budget (or the engine's), within the model."""
+        budget = request.budget if request is not None and request.budget else self.engine.default_budget
+        return min(budget, self.engine.limit)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -55,7 +55,7 @@ def stop(proc: subprocess.Popen) -> None:
 def server(model, tmp_path_factory):
     runtime = tmp_path_factory.mktemp("runtime")
     proc, info = start_server(model, runtime, "--max-tokens-limit", "1000")
-    yield {"proc": proc, "info": info, "runtime": runtime, "port": info["port"]}
+    yield {"proc": proc, "info": info, "runtime": runtime, "port": info["port"], "model": str(model)}
     stop(proc)
 
 
@@ -161,7 +161,12 @@ def test_infill_endpoint(server):
 
 
 def test_openai_completions_endpoint(server):
-    body = {"prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 5, "model": "x"}
+    body = {
+        "prompt": "def add(a, b):\n    return ",
+        "suffix": "\n",
+        "max_tokens": 5,
+        "model": server["model"],
+    }
     status, payload = call(server["port"], "POST", "/v1/completions", body)
     reply = json.loads(payload)
     assert status == 200 and reply["object"] == "text_completion"
@@ -177,7 +182,7 @@ def test_openai_completions_endpoint(server):
 
 
 def test_health_models_and_info(server, model):
-    assert call(server["port"], "GET", "/health") == (200, b'{"status": "ok"}')
+    assert call(server["port"], "GET", "/health") == (200, b'{"status":"ok"}')
     status, payload = call(server["port"], "GET", "/v1/models")
     assert status == 200 and json.loads(payload)["data"][0]["id"] == str(model)
     info = json.loads(call(server["port"], "GET", "/v1/info")[1])
@@ -195,6 +200,36 @@ def test_health_models_and_info(server, model):
         ("POST", "/v1/complete", b'{"prefix": "x", "max_tokens": 5000}', 400, "over this server's limit"),
         ("POST", "/v1/complete", b'{"prefix": "x", "sampling": {"temperature": -1}}', 400, "temperature"),
         ("POST", "/v1/complete", b'{"prefix": "", "suffix": ""}', 400, "empty prompt"),
+        ("POST", "/v1/complete", b'{"prefix": "x", "max_tokens": 0}', 400, "'max_tokens'"),
+        ("POST", "/v1/complete", b'{"prefix": "x", "model": "other"}', 404, "does not exist"),
+        (
+            "POST",
+            "/v1/complete",
+            b'{"prefix": "x", "sampling": {"temperature": 1e-300}}',
+            400,
+            "sampling.temperature",
+        ),
+        ("POST", "/v1/complete", b'{"prefix": "x", "sampling": {"temperature": NaN}}', 400, "NaN"),
+        (
+            "POST",
+            "/v1/complete",
+            b'{"prefix": "x", "sampling": {"seed": 1180591620717411303424}}',
+            400,
+            "sampling.seed",
+        ),
+        ("POST", "/v1/complete", b'{"prefix": "\\ud800"}', 400, "lone surrogate"),
+        ("POST", "/v1/complete", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+        ("POST", "/infill", b'{"input_prefix": "x", "temperature": Infinity}', 400, "Infinity"),
+        ("POST", "/infill", b'{"input_prefix": "x", "n_predict": 99999999999}', 400, "n_predict"),
+        ("POST", "/infill", b'{"input_prefix": "x", "top_p": 0}', 400, "top_p"),
+        ("POST", "/infill", b'{"input_prefix": "x", "input_extra": [{"filename": "a"}]}', 400, "input_extra"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "temperature": -Infinity}', 400, "Infinity"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "max_tokens": 1e999}', 400, "1e999"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "n": 2}', 400, "'n'"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "best_of": 3}', 400, "'best_of'"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "logprobs": 2}', 400, "'logprobs'"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "logprobs": 0, "echo": true}', 400, "'logprobs'"),
+        ("POST", "/v1/completions", b'{"prompt": "x", "model": "gpt-4"}', 404, "does not exist"),
         ("POST", "/infill", b'{"input_prefix": 3}', 400, "input_prefix"),
         ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', 400, "one prompt per request"),
         ("GET", "/nowhere", None, 404, "no GET"),
@@ -204,7 +239,9 @@ def test_health_models_and_info(server, model):
 )
 def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, method, path, body, status, message):
     got, payload = call(server["port"], method, path, raw=body)
-    assert got == status and message in json.loads(payload)["error"]
+    error = json.loads(payload)["error"]
+    assert got == status and error["code"] == status and message in error["message"], error
+    assert "--" not in error["message"]  # the protocol's field names, never a CLI flag
     assert call(server["port"], "GET", "/health")[0] == 200
 
 
