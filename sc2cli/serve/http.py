@@ -284,6 +284,7 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The standard library's own errors (a garbled request line, an unknown method) in our JSON."""
         self.close_connection = True
+        self.request_version = "HTTP/1.1"  # a garbled line leaves HTTP/0.9, which has no status line
         self.log_error("code %d, message %s", code, message)
         self._send_json(code, wire.error_body(code, message or self.responses.get(code, ("error",))[0]))
 
