@@ -45,6 +45,7 @@ KEY_HELP: dict[str, str] = {
     "prompt_budget": "most prompt tokens, a whole number of at least 16, or auto",
     "offline": "true: use the local cache only, never the network",
     "quantize": "none, or int8 weights",
+    "engine": "none, or a serving engine: openai+http://HOST:PORT/v1 or llama+http://HOST:PORT",
 }
 
 # The values offered for each setting (tests check each one passes sc2cli.settings.parse_value). No entry:
@@ -74,6 +75,7 @@ VALUES: dict[str, Candidates] = {
     ],
     "offline": [("true", "use the local cache only"), ("false", "fetch from the hub when needed")],
     "prompt_budget": [("auto", "chosen per device")],
+    "engine": [("none", "run the model in this process or a warm server")],
 }
 
 # A model's config.json is a few kB; anything bigger is not worth reading at a TAB.

@@ -107,7 +107,7 @@ def test_deep_nesting_and_odd_numbers_are_input_errors():
 def tokenizer_and_config(tmp_path_factory) -> tuple[Tokenizer, ModelConfig]:
     folder: Path = tmp_path_factory.mktemp("tok")
     write_test_tokenizer(folder)
-    config = hub_config(vocab_size=Tokenizer.from_folder(folder).vocab_size, max_position_embeddings=1024)
+    config = hub_config(vocab_size=Tokenizer.from_folder(folder).vocab_size, max_position_embeddings=8192)
     return Tokenizer.from_folder(folder), ModelConfig.from_dict(config)
 
 
@@ -128,7 +128,7 @@ def test_text_never_becomes_control_tokens(tokenizer_and_config, prefix, suffix,
         body = {"input_prefix": fix(prefix), "input_suffix": fix(suffix), "prompt": fix(line), "n_predict": 4,
                 "input_extra": [{"text": fix(extra), "filename": "x.py"}]}  # fmt: skip
         try:
-            ids = prompt_for(parse("infill", body), tokenizer, 512, config).ids
+            ids = prompt_for(parse("infill", body), tokenizer, 8192, config).ids  # room for all: nothing trimmed
         except InputError:
             return Counter({"refused": 1})
         return Counter(i for i in ids if i in special)
