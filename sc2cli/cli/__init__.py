@@ -6,7 +6,7 @@ from .app import app, main
 
 # isort: off
 # Each module registers its commands on `app`, in the order `sc2 --help` lists them.
-from . import complete, models, config, serve, bench  # noqa: F401
+from . import complete, models, config, serve, bench, eval  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]
