@@ -22,8 +22,10 @@ from .files import TrackedFile, read_source, tracked_files
 
 CHUNK_LINES = 24  # a chunk is this many lines, and chunks start every CHUNK_STRIDE lines
 CHUNK_STRIDE = 24  # no overlap: half the index of a half-overlapping window, for a little recall
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BM25_K1, BM25_B = 1.2, 0.75
+BULK_FILES = 64  # more files than this to index: one sorted insert, the chunk index rebuilt after it
+VARIABLES = 500  # the most `?` in one statement (old SQLite builds allow 999)
 MAX_POSTINGS = 6000  # the rarest query identifiers are scored, until their postings reach this many rows:
 # a common one says little (a low idf) and costs many rows, and a completion cannot wait for them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
@@ -104,15 +106,16 @@ KEYWORDS = frozenset(
 )  # said everywhere: they match every chunk and nothing in particular
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT UNIQUE, mtime_ns INTEGER, size INTEGER);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, file_id INTEGER, start INTEGER, stop INTEGER,
                                    length INTEGER);
-CREATE TABLE IF NOT EXISTS postings (token TEXT, chunk_id INTEGER, file_id INTEGER, tf INTEGER, length INTEGER);
-CREATE INDEX IF NOT EXISTS postings_token ON postings (token, chunk_id, tf, length);  -- covering: a search reads no table rows
-CREATE INDEX IF NOT EXISTS postings_file ON postings (file_id);
+CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY, token TEXT UNIQUE);
+CREATE TABLE IF NOT EXISTS postings (token_id INTEGER, chunk_id INTEGER, tf INTEGER, length INTEGER,
+                                     PRIMARY KEY (token_id, chunk_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks (file_id);
-"""
+"""  # postings are clustered by token (a search reads one range per identifier, no table rows), and hold
+# integers only: the identifier's text is stored once, in tokens
+_BY_CHUNK = "CREATE INDEX IF NOT EXISTS postings_chunk ON postings (chunk_id)"  # forgetting a file's chunks
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,14 @@ class Refresh:
 def identifiers(text: str) -> list[str]:
     """The identifier tokens BM25 matches on (two characters or more, no common keywords)."""
     return [t for t in IDENTIFIER.findall(text) if t.lower() not in KEYWORDS]
+
+
+def identifier_counts(text: str) -> Counter[str]:
+    """`Counter(identifiers(text))`, with the keyword test once per distinct token rather than per token."""
+    counts = Counter(IDENTIFIER.findall(text))
+    for token in [t for t in counts if t.lower() in KEYWORDS]:
+        del counts[token]
+    return counts
 
 
 def chunk_spans(line_count: int) -> list[tuple[int, int]]:
@@ -174,6 +185,7 @@ class RepoIndex:
         if self._meta("schema") != str(SCHEMA_VERSION):
             self._reset()
         self.db.executescript(_SCHEMA)
+        self.db.execute(_BY_CHUNK)
         self.files: dict[str, TrackedFile] = {}
 
     def _meta(self, key: str) -> str | None:
@@ -183,7 +195,7 @@ class RepoIndex:
     def _reset(self) -> None:
         """Start over: an index another version of sc2 wrote may have other tables and columns."""
         with self.db:
-            for table in ("files", "chunks", "postings"):
+            for table in ("files", "chunks", "tokens", "postings"):
                 self.db.execute(f"DROP TABLE IF EXISTS {table}")
             self.db.execute("DELETE FROM meta")
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -194,35 +206,71 @@ class RepoIndex:
         known = {p: (i, m, s) for i, p, m, s in self.db.execute("SELECT id, path, mtime_ns, size FROM files")}
         stale = [f for p, f in current.items() if known.get(p, (0, None, None))[1:] != (f.mtime_ns, f.size)]
         gone = [known[p][0] for p in known if p not in current]
-        with self.db:
-            for file_id in gone + [known[f.path][0] for f in stale if f.path in known]:
-                self._forget(file_id)
-            for f in stale:
-                self._add(f, read_source(self.root, f.path))
+        if stale or gone:
+            with self.db:
+                self._forget(gone + [known[f.path][0] for f in stale if f.path in known])
+                self._add(stale)
+            if len(stale) > BULK_FILES:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log would stay as big as the index
         self.files = current
         return Refresh(len(stale), len(gone), len(current))
 
-    def _forget(self, file_id: int) -> None:
-        for table, column in (("postings", "file_id"), ("chunks", "file_id"), ("files", "id")):
-            self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (file_id,))
+    def _forget(self, file_ids: list[int]) -> None:
+        for file_id in file_ids:
+            self.db.execute(
+                "DELETE FROM postings WHERE chunk_id IN (SELECT id FROM chunks WHERE file_id = ?)", (file_id,)
+            )
+            self.db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+            self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
-    def _add(self, f: TrackedFile, text: str | None) -> None:
-        cursor = self.db.execute(
-            "INSERT INTO files (path, mtime_ns, size) VALUES (?, ?, ?)", (f.path, f.mtime_ns, f.size)
-        )
-        file_id = cursor.lastrowid
-        if text is None:  # binary or not UTF-8: remembered (so not read again), never searched
-            return
-        lines = text.splitlines()
-        rows = []
-        for start, stop in chunk_spans(len(lines)):
-            counts = Counter(identifiers("\n".join(lines[start:stop])))
-            chunk = self.db.execute(
-                "INSERT INTO chunks (file_id, start, stop, length) VALUES (?, ?, ?, ?)",
-                (file_id, start, stop, sum(counts.values())),
-            ).lastrowid
-            rows += [(token, chunk, file_id, tf, sum(counts.values())) for token, tf in counts.items()]
-        self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?, ?)", rows)
+    def _add(self, files: Sequence[TrackedFile]) -> None:
+        """Index `files` with one insert per table: chunks and postings numbered here, postings sorted."""
+        file_id, chunk_id = (self._next_id(table) for table in ("files", "chunks"))
+        file_rows, chunk_rows = [], []
+        by_token: dict[str, list[tuple[int, int, int]]] = {}  # token -> (chunk, tf, length), chunks ascending
+        for f in files:
+            file_rows.append((file_id, f.path, f.mtime_ns, f.size))
+            text = read_source(self.root, f.path)  # None: binary or not UTF-8, remembered but never searched
+            lines = text.splitlines() if text is not None else []
+            for start, stop in chunk_spans(len(lines)):
+                found = identifier_counts("\n".join(lines[start:stop]))
+                length = sum(found.values())
+                chunk_rows.append((chunk_id, file_id, start, stop, length))
+                for token, tf in found.items():
+                    by_token.setdefault(token, []).append((chunk_id, tf, length))
+                chunk_id += 1
+            file_id += 1
+        token_ids = self._token_ids(set(by_token))
+        postings = [  # in primary-key order: sorting the tokens sorts the rows
+            (token_ids[t], c, tf, n)
+            for t in sorted(by_token, key=token_ids.__getitem__)
+            for c, tf, n in by_token[t]
+        ]
+        bulk = len(files) > BULK_FILES
+        if bulk:  # one sort of the finished table is faster than keeping the index sorted row by row
+            self.db.execute("DROP INDEX IF EXISTS postings_chunk")
+        self.db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)", file_rows)
+        self.db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", chunk_rows)
+        self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", postings)
+        if bulk:
+            self.db.execute(_BY_CHUNK)
+
+    def _next_id(self, table: str) -> int:
+        return self.db.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
+
+    def _token_ids(self, tokens: set[str]) -> dict[str, int]:
+        """Each token's number, new tokens numbered and stored."""
+        wanted = sorted(tokens)
+        ids: dict[str, int] = {}
+        for i in range(0, len(wanted), VARIABLES):
+            part = wanted[i : i + VARIABLES]
+            marks = ",".join("?" * len(part))
+            ids.update(self.db.execute(f"SELECT token, id FROM tokens WHERE token IN ({marks})", part))
+        new = [t for t in wanted if t not in ids]
+        first = self._next_id("tokens")
+        ids.update((t, first + i) for i, t in enumerate(new))
+        self.db.executemany("INSERT INTO tokens VALUES (?, ?)", ((ids[t], t) for t in new))
+        return ids
 
     def search(self, query: Iterable[str], limit: int, exclude: Iterable[str] = ()) -> list[Hit]:
         """The `limit` chunks that best match the query's identifiers (BM25), ties to the newest file."""
@@ -233,10 +281,12 @@ class RepoIndex:
         if not n:
             return []
         avg = total / n
-        marks = ",".join("?" * len(terms))
+        ids = self._known(sorted(terms))
+        marks = ",".join("?" * len(ids))
         df = dict(
             self.db.execute(
-                f"SELECT token, COUNT(*) FROM postings WHERE token IN ({marks}) GROUP BY token", tuple(terms)
+                f"SELECT token_id, COUNT(*) FROM postings WHERE token_id IN ({marks}) GROUP BY token_id",
+                tuple(ids.values()),
             )
         )
         useful = _rarest(df, MAX_POSTINGS)
@@ -245,13 +295,19 @@ class RepoIndex:
         idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in useful}
         marks = ",".join("?" * len(useful))
         rows = self.db.execute(
-            f"SELECT token, chunk_id, tf, length FROM postings WHERE token IN ({marks})", tuple(useful)
+            f"SELECT token_id, chunk_id, tf, length FROM postings WHERE token_id IN ({marks})", tuple(useful)
         )
         scores: dict[int, float] = {}
         for token, chunk, tf, length in rows:
             norm = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / avg))
             scores[chunk] = scores.get(chunk, 0.0) + idf[token] * norm
         return self._hits(scores, limit, set(exclude))
+
+    def _known(self, terms: list[str]) -> dict[str, int]:
+        """The numbers of the query's identifiers that occur somewhere in the repository."""
+        terms = terms[:VARIABLES]
+        marks = ",".join("?" * len(terms))
+        return dict(self.db.execute(f"SELECT token, id FROM tokens WHERE token IN ({marks})", terms))
 
     def _hits(self, scores: dict[int, float], limit: int, exclude: set[str]) -> list[Hit]:
         best = sorted(scores.items(), key=lambda item: -item[1])[: limit * 4 + len(exclude) * 8]
@@ -273,8 +329,8 @@ class RepoIndex:
         self.db.close()
 
 
-def _rarest(df: dict[str, int], rows: int) -> list[str]:
-    """The rarest identifiers whose postings add up to at most `rows` (always the rarest one)."""
+def _rarest(df: dict[int, int], rows: int) -> list[int]:
+    """The rarest identifiers (by number) whose postings add up to at most `rows` (always the rarest one)."""
     chosen, total = [], 0
     for token, count in sorted(df.items(), key=lambda item: item[1]):
         if chosen and total + count > rows:
