@@ -128,6 +128,7 @@ TORCH_FREE = [
     "sc2cli.completion.sources",
     "sc2cli.serve.client",
     "sc2cli.serve.runtime",
+    "sc2cli.serve.server",  # a gateway to a remote engine runs no model
     "sc2cli.repo.context",
 ]
 

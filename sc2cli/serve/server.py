@@ -26,7 +26,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..completion.engine import Engine
+from ..completion.runner import Runner
 from .http import Handler
 from .runtime import announce, private_runtime_dir, withdraw
 from .service import ServerOptions, Service
@@ -88,7 +88,7 @@ class _UnixServer(_Bounded, socketserver.UnixStreamServer):
         return conn, ("unix", 0)
 
 
-def serve(engine: Engine, options: ServerOptions, ready: Callable[[dict], None] | None = None) -> str:
+def serve(engine: Runner, options: ServerOptions, ready: Callable[[dict], None] | None = None) -> str:
     """Serve until SIGTERM/SIGINT or `idle_timeout` seconds without a request; returns why it stopped."""
     service = Service(engine, options)
     handler = type("BoundHandler", (Handler,), {"service": service})

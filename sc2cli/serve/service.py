@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..completion.engine import Engine
 from ..completion.events import Event
 from ..completion.request import CompletionRequest
+from ..completion.runner import Runner
 
 DEFAULT_PORT = 8712
 DEFAULT_IDLE_TIMEOUT_S = 900
@@ -50,7 +50,7 @@ class Ticket:
 class Service:
     """The state shared by all connections: the engine, the queue, the clients, the idle clock."""
 
-    def __init__(self, engine: Engine, options: ServerOptions) -> None:
+    def __init__(self, engine: Runner, options: ServerOptions) -> None:
         self.engine = engine
         self.options = options
         self._engine_lock = threading.Lock()
