@@ -25,10 +25,10 @@ from ..completion.events import Done, Event, Timings, Token, Usage
 from ..completion.request import CompletionRequest
 from ..errors import InputError
 from . import wire
-from .protocols import infill, native, openai
+from .protocols import completion, infill, native, openai
 from .service import Service
 
-POST_ROUTES = ("/v1/complete", "/infill", "/v1/completions")
+POST_ROUTES = ("/v1/complete", "/infill", "/completion", "/v1/completions")
 GET_ROUTES = ("/health", "/v1/info", "/v1/models")
 DRAIN_LIMIT = (
     1 << 20
@@ -103,7 +103,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(200, routes[self.path]())
 
     def _post(self) -> None:
-        handlers = {"/v1/complete": self._complete, "/infill": self._infill, "/v1/completions": self._openai}
+        handlers = {
+            "/v1/complete": self._complete,
+            "/infill": self._infill,
+            "/completion": self._completion,
+            "/v1/completions": self._openai,
+        }
         if self.path not in handlers:
             raise HTTPError(404 if self.path not in GET_ROUTES else 405, f"no POST {self.path}")
         self._authorize()
@@ -242,6 +247,18 @@ class Handler(BaseHTTPRequestHandler):
         else:
             reply = infill.reply(_last(events), False, asked, deadline.fired)
             self._send_json(200, infill.select(reply, opts.response_fields))
+
+    def _completion(self, body: dict) -> None:
+        self._infill(completion.as_infill(body, self._spell))
+
+    def _spell(self, token_id: int) -> bytes:
+        """A token id's bytes (control tokens spelled out as text); an unknown id is the client's mistake."""
+        table = self.service.engine.tokenizer.token_bytes
+        if not 0 <= token_id < len(table):
+            raise InputError(
+                f"field 'prompt': token id {token_id} is not in the vocabulary (0-{len(table) - 1})"
+            )
+        return table[token_id]
 
     def _openai(self, body: dict) -> None:
         self._check_model(body.get("model"), allow_empty=True)

@@ -2,7 +2,8 @@
 
 Endpoints (serve/http.py routes them, serve/protocols/ shapes them):
 - `POST /v1/complete`: our own; the engine's events as they are (protocols/native.py);
-- `POST /infill`: llama.cpp's (protocols/infill.py);
+- `POST /infill`: llama.cpp's (protocols/infill.py), and `POST /completion`, llama.cpp's plain prompt
+  (protocols/completion.py);
 - `POST /v1/completions`: OpenAI's legacy completions with `prompt` + `suffix` (protocols/openai.py);
 - `GET /health` (as llama.cpp's), `GET /v1/models`, `GET /v1/info`.
 

@@ -213,3 +213,38 @@ def test_openai_client_errors_carry_our_message(client, server, kwargs, error, m
         model=server["model"], prompt="x = ", max_tokens=2
     )  # same connection pool
     assert after.object == "text_completion"
+
+
+def test_llama_cpp_completion_continues_a_text_or_token_id_prompt(server):
+    """llama.cpp's /completion: a text prompt and the same prompt as token ids give the same greedy
+    completion, in /infill's reply shape; ids of control tokens stay text; bad prompts are 400s."""
+    from sc2cli.completion.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_folder(Path(server["model"]))
+    text = "def add(a, b):\n    return "
+    body = {
+        "n_predict": 6,
+        "temperature": 0,
+        "response_fields": ["content", "stop_type", "timings/predicted_n"],
+    }
+    status, raw = call(server["port"], "POST", "/completion", {**body, "prompt": text})
+    assert status == 200 and VIM_CONTENT.search(raw.decode())
+    by_text = json.loads(raw)
+    assert (
+        set(by_text) == {"content", "stop_type", "timings/predicted_n"}
+        and by_text["timings/predicted_n"] >= 1
+    )
+    ids = tokenizer.encode(text)
+    status, raw = call(server["port"], "POST", "/completion", {**body, "prompt": ids})
+    assert status == 200 and json.loads(raw) == {
+        **by_text,
+        "timings/predicted_n": by_text["timings/predicted_n"],
+    }
+    assert json.loads(raw)["content"] == by_text["content"]
+    # a control token's id is its spelling as text, never a control token in sc2's prompt
+    eos = tokenizer.special["<|endoftext|>"]
+    status, raw = call(server["port"], "POST", "/completion", {**body, "prompt": [*ids[:2], eos, "x"]})
+    assert status == 200
+    for bad in ({"prompt": [10**9]}, {"prompt": {"a": 1}}, {"prompt": [1.5]}, {"input_prefix": "x"}):
+        status, raw = call(server["port"], "POST", "/completion", {**body, **bad})
+        assert status == 400 and "error" in json.loads(raw)

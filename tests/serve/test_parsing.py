@@ -128,7 +128,9 @@ def test_text_never_becomes_control_tokens(tokenizer_and_config, prefix, suffix,
         body = {"input_prefix": fix(prefix), "input_suffix": fix(suffix), "prompt": fix(line), "n_predict": 4,
                 "input_extra": [{"text": fix(extra), "filename": "x.py"}]}  # fmt: skip
         try:
-            ids = prompt_for(parse("infill", body), tokenizer, 8192, config).ids  # room for all: nothing trimmed
+            ids = prompt_for(
+                parse("infill", body), tokenizer, 8192, config
+            ).ids  # room for all: nothing trimmed
         except InputError:
             return Counter({"refused": 1})
         return Counter(i for i in ids if i in special)
