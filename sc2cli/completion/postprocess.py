@@ -155,21 +155,27 @@ def clean_end(text: str, rules: Rules) -> str:
 
 
 def stable_length(text: str, rules: Rules) -> int:
-    """How much of `text` will be in the completion whatever comes next."""
-    # trailing white space may become blank lines, or precede a dedent
-    n = len(text) if rules.raw else len(text.rstrip())
-    for stop in rules.stop:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                n = min(n, len(text) - k)
-                break
+    """How much of `text` will be in the completion whatever comes next: a prefix of what the rules would
+    make of it if it ended now, at the start of any stop string it may be beginning, or later."""
+    ends = [len(text)]
+    for stop in rules.stop:  # `text` may end with the start of a stop string: it would end there
+        ends += [
+            len(text) - k for k in range(1, min(len(stop) - 1, len(text)) + 1) if text.endswith(stop[:k])
+        ]
     if rules.raw:
-        return n
+        return min(ends)
+    return min(_stable_if_ended(text[:end], rules) for end in ends)
+
+
+def _stable_if_ended(text: str, rules: Rules) -> int:
+    # trailing white space may become blank lines, or precede a dedent
+    n = len(text.rstrip())
     if rules.rest_of_line:
         n = min(n, len(text.rstrip()) - _overlap_with_rest_of_line(text.rstrip(), rules.rest_of_line))
     if rules.suffix_lines:
         n = min(n, _start_of_suffix_run(text, rules.suffix_lines))
-    return max(n, 0)
+    # what the rules hold back may leave white space at the end, which the final trim can still take away
+    return len(text[: max(n, 0)].rstrip())
 
 
 def _start_of_suffix_run(text: str, suffix_lines: tuple[str, ...]) -> int:
