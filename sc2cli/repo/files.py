@@ -59,11 +59,22 @@ def eligible(path: str) -> bool:
     return suffix not in BINARY_SUFFIXES and suffix not in SECRET_SUFFIXES and not name.endswith(".min.js")
 
 
-def tracked_files(root: Path) -> list[TrackedFile]:
-    """The eligible tracked files that exist, with their stat, not over MAX_FILE_BYTES."""
+def index_stamp(root: Path) -> str | None:
+    """The git index file's modification time and size: what `git ls-files` lists stays the same while
+    they do. None when `.git` is not a folder (a worktree or a submodule keeps its index elsewhere)."""
+    try:
+        st = os.stat(os.path.join(root, ".git", "index"))
+    except OSError:
+        return None
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def tracked_files(root: Path, paths: list[str] | None = None) -> list[TrackedFile]:
+    """The eligible tracked files that exist, with their stat, not over MAX_FILE_BYTES; `paths`: the
+    tracked paths when already known (else `git ls-files`)."""
     files = []
     top = str(root)
-    for path in tracked_paths(root):
+    for path in tracked_paths(root) if paths is None else paths:
         if not eligible(path):
             continue
         try:

@@ -9,22 +9,27 @@ postings on disk rather than in memory, and lets two processes update the same i
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 import sqlite3
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import TrackedFile, read_source, tracked_files
+from .files import TrackedFile, eligible, index_stamp, read_source, tracked_files, tracked_paths
 
 CHUNK_LINES = 24  # a chunk is this many lines, and chunks start every CHUNK_STRIDE lines
 CHUNK_STRIDE = 24  # no overlap: half the index of a half-overlapping window, for a little recall
 SCHEMA_VERSION = 4
 BM25_K1, BM25_B = 1.2, 0.75
 BULK_FILES = 64  # more files than this to index: one sorted insert, the chunk index rebuilt after it
+FIRST_BYTE_S = 2e-6  # with a time budget, the first batch assumes a byte takes this long to index (a
+# guess that errs slow: about 0.6 us on a loaded 2-core machine); later batches go by what was measured
+MAX_BATCH = 512  # files in one transaction, at most
 VARIABLES = 500  # the most `?` in one statement (old SQLite builds allow 999)
 MAX_POSTINGS = 6000  # the rarest query identifiers are scored, until their postings reach this many rows:
 # a common one says little (a low idf) and costs many rows, and a completion cannot wait for them
@@ -131,11 +136,12 @@ class Hit:
 
 @dataclass(frozen=True)
 class Refresh:
-    """What an update did: files indexed anew, files dropped, files in the index now."""
+    """What an update did: files indexed anew, files dropped, files tracked now, files still to index."""
 
     indexed: int
     removed: int
     files: int
+    pending: int = 0  # changed files left for a later refresh (one given a time budget)
 
 
 def identifiers(text: str) -> list[str]:
@@ -200,20 +206,81 @@ class RepoIndex:
             self.db.execute("DELETE FROM meta")
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
-    def refresh(self, tracked: Sequence[TrackedFile] | None = None) -> Refresh:
-        """Re-index files whose mtime or size changed, drop files no longer tracked."""
-        current = {f.path: f for f in (tracked if tracked is not None else tracked_files(self.root))}
+    def refresh(self, tracked: Sequence[TrackedFile] | None = None, budget_s: float | None = None) -> Refresh:
+        """Re-index files whose mtime or size changed, drop files no longer tracked. With `budget_s`, stop
+        once about that many seconds have gone to indexing, the most recently modified files first: the
+        rest waits for the next call (`Refresh.pending`), and searches meanwhile see what is indexed."""
+        current = {f.path: f for f in (tracked if tracked is not None else self._tracked())}
         known = {p: (i, m, s) for i, p, m, s in self.db.execute("SELECT id, path, mtime_ns, size FROM files")}
         stale = [f for p, f in current.items() if known.get(p, (0, None, None))[1:] != (f.mtime_ns, f.size)]
-        gone = [known[p][0] for p in known if p not in current]
-        if stale or gone:
-            with self.db:
-                self._forget(gone + [known[f.path][0] for f in stale if f.path in known])
-                self._add(stale)
-            if len(stale) > BULK_FILES:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log would stay as big as the index
+        stale.sort(key=lambda f: (-f.mtime_ns, f.path))
+        gone = [p for p in known if p not in current]
         self.files = current
-        return Refresh(len(stale), len(gone), len(current))
+        if gone:
+            self._replace(gone, [])
+        if budget_s is None:
+            self._replace([f.path for f in stale], stale, bulk=len(stale) > BULK_FILES)
+            done = len(stale)
+        else:
+            done = self._index_within(stale, budget_s)
+        if done > BULK_FILES and done == len(stale):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log would stay as big as the index
+        return Refresh(done, len(gone), len(current), len(stale) - done)
+
+    def _tracked(self) -> list[TrackedFile]:
+        """The tracked files with their stat; `git ls-files` runs only when git's index file changed since
+        the list was last stored (a new process saves a subprocess on every completion)."""
+        stamp = index_stamp(self.root)
+        if stamp is not None and stamp == self._meta("git_index"):
+            return tracked_files(self.root, json.loads(self._meta("tracked") or "[]"))
+        paths = [p for p in tracked_paths(self.root) if eligible(p)]
+        if stamp is not None and paths:
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tracked', ?)", (json.dumps(paths),))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('git_index', ?)", (stamp,))
+        return tracked_files(self.root, paths)
+
+    def _index_within(self, stale: Sequence[TrackedFile], budget_s: float) -> int:
+        """Index `stale` in batches sized by how long each byte took so far, until `budget_s` is spent; how
+        many were indexed. A batch is one transaction, so what is indexed stays for the next process."""
+        started = time.perf_counter()
+        done, per_byte = 0, FIRST_BYTE_S
+        while done < len(stale):
+            allowance = (budget_s - (time.perf_counter() - started)) / per_byte
+            size, total = 0, 0
+            while done + size < len(stale) and size < MAX_BATCH:
+                total += stale[done + size].size
+                if total > allowance:
+                    break
+                size += 1
+            if size < 1 and done:
+                break
+            size = max(size, 1)  # a call indexes one file at least, however big: the next one goes on
+            batch = stale[done : done + size]
+            began = time.perf_counter()
+            self._replace([f.path for f in batch], batch)
+            measured = (time.perf_counter() - began) / max(sum(f.size for f in batch), 1)
+            per_byte = max(measured, per_byte / 2)  # a fast batch of small files does not make big ones fast
+            done += size
+        return done
+
+    def _replace(self, paths: Sequence[str], files: Sequence[TrackedFile], bulk: bool = False) -> None:
+        """In one write transaction: forget what the index holds for `paths`, then index `files`. The old
+        rows are looked up inside it, so two processes indexing the same file cannot both add it."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = []
+            for i in range(0, len(paths), VARIABLES):
+                part = list(paths[i : i + VARIABLES])
+                marks = ",".join("?" * len(part))
+                ids += [r[0] for r in self.db.execute(f"SELECT id FROM files WHERE path IN ({marks})", part)]
+            self._forget(ids)
+            if files:
+                self._add(files, bulk)
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
 
     def _forget(self, file_ids: list[int]) -> None:
         for file_id in file_ids:
@@ -223,8 +290,9 @@ class RepoIndex:
             self.db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
             self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
-    def _add(self, files: Sequence[TrackedFile]) -> None:
-        """Index `files` with one insert per table: chunks and postings numbered here, postings sorted."""
+    def _add(self, files: Sequence[TrackedFile], bulk: bool) -> None:
+        """Index `files` with one insert per table: chunks and postings numbered here, postings sorted.
+        `bulk`: drop the by-chunk index and build it again after (many files into a small index)."""
         file_id, chunk_id = (self._next_id(table) for table in ("files", "chunks"))
         file_rows, chunk_rows = [], []
         by_token: dict[str, list[tuple[int, int, int]]] = {}  # token -> (chunk, tf, length), chunks ascending
@@ -246,7 +314,6 @@ class RepoIndex:
             for t in sorted(by_token, key=token_ids.__getitem__)
             for c, tf, n in by_token[t]
         ]
-        bulk = len(files) > BULK_FILES
         if bulk:  # one sort of the finished table is faster than keeping the index sorted row by row
             self.db.execute("DROP INDEX IF EXISTS postings_chunk")
         self.db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)", file_rows)
@@ -282,13 +349,7 @@ class RepoIndex:
             return []
         avg = total / n
         ids = self._known(sorted(terms))
-        marks = ",".join("?" * len(ids))
-        df = dict(
-            self.db.execute(
-                f"SELECT token_id, COUNT(*) FROM postings WHERE token_id IN ({marks}) GROUP BY token_id",
-                tuple(ids.values()),
-            )
-        )
+        df = dict(self._document_frequencies(list(ids.values())))
         useful = _rarest(df, MAX_POSTINGS)
         if not useful:
             return []
@@ -302,6 +363,24 @@ class RepoIndex:
             norm = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / avg))
             scores[chunk] = scores.get(chunk, 0.0) + idf[token] * norm
         return self._hits(scores, limit, set(exclude))
+
+    def idf(self, query: Iterable[str]) -> tuple[Callable[[str], float], float] | None:
+        """The query's identifiers' idf over the indexed chunks (an identifier none holds: the highest) and
+        the average chunk length, to score other chunks on the index's scale; None when nothing is indexed."""
+        n, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks").fetchone()
+        if not n:
+            return None
+        ids = self._known(sorted(set(query)))
+        by_id = dict(self._document_frequencies(list(ids.values())))
+        df = {t: by_id.get(i, 0) for t, i in ids.items()}
+        return (lambda t: math.log(1 + (n - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5))), total / n
+
+    def _document_frequencies(self, token_ids: list[int]) -> Iterable[tuple[int, int]]:
+        marks = ",".join("?" * len(token_ids))
+        return self.db.execute(
+            f"SELECT token_id, COUNT(*) FROM postings WHERE token_id IN ({marks}) GROUP BY token_id",
+            tuple(token_ids),
+        )
 
     def _known(self, terms: list[str]) -> dict[str, int]:
         """The numbers of the query's identifiers that occur somewhere in the repository."""
