@@ -207,15 +207,16 @@ def _auto_context(
     """Imported files and similar chunks of the file's git repository, for the context's share of the budget."""
     if path is None or opts.no_auto_context or not opts.context_budget:
         return ()
-    from ..model.device import default_budget, probable_device_type
-    from ..repo.context import auto_context
+    from ..repo.context import choose_context
 
     budget = settings.prompt_budget or default_budget(probable_device_type(settings.device))
-    room = int((budget - settings.max_tokens) * opts.context_budget) - sum(len(d.text) for d in given) // 3
-    chosen = auto_context(Path(path), prefix, suffix, room, [d.path for d in given])
+    chosen = choose_context(
+        Path(path), prefix, suffix, budget, settings.max_tokens, opts.context_budget, given
+    )
     if chosen.root is not None:
+        pending = f", {chosen.pending_files} left for the next completions" if chosen.pending_files else ""
         note(f"auto context: {len(chosen.documents)} documents; index checked in {chosen.index_s * 1000:.0f} ms "
-             f"({chosen.indexed_files} files indexed anew)", opts.verbose)  # fmt: skip
+             f"({chosen.indexed_files} files indexed anew{pending})", opts.verbose)  # fmt: skip
     return chosen.documents
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError
+from ..repo import CONTEXT_SHARE
 from .app import app
 from .options import DeviceOpt, DtypeOpt, ModelOpt, OfflineOpt, QuantizeOpt
 from .output import ProgressBar, note, write
@@ -48,7 +49,7 @@ def eval_command(
     quantize: QuantizeOpt = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per completion.")] = 48,
     budget: Annotated[int | None, typer.Option(help="Most tokens of prompt + completion (default: the device's).")] = None,
-    context_budget: Annotated[float, typer.Option("--context-budget", min=0.0, max=0.9, help="Share of the prompt left to other files.")] = 0.25,
+    context_budget: Annotated[float, typer.Option("--context-budget", min=0.0, max=0.9, help="Share of the prompt left to other files.")] = CONTEXT_SHARE,
     no_auto_context: Annotated[bool, typer.Option("--no-auto-context", help="No imported files or similar chunks.")] = False,
     no_heal: Annotated[bool, typer.Option("--no-heal", help="No token healing.")] = False,
     server: Annotated[str | None, typer.Option(help="Complete through this warm server (http://HOST:PORT or unix:///path.sock).")] = None,

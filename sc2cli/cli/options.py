@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ..repo import CONTEXT_SHARE
 from ..settings import Given
 from . import completers
 
@@ -232,7 +233,7 @@ class CompletionOptions:
     raw: RawOpt = False
     no_heal: NoHealOpt = False
     context: ContextOpt = None
-    context_budget: ContextBudgetOpt = 0.25
+    context_budget: ContextBudgetOpt = CONTEXT_SHARE
     no_auto_context: NoAutoContextOpt = False
     repo_name: RepoNameOpt = None
     no_metadata: NoMetadataOpt = False

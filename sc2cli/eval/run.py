@@ -15,7 +15,8 @@ from typing import Protocol
 from ..completion.events import Done, Event, Token
 from ..completion.request import CompletionRequest
 from ..completion.sampling import Sampling
-from ..repo.context import auto_context
+from ..repo import CONTEXT_SHARE
+from ..repo.context import choose_context
 from ..settings import Settings
 from .score import Score, Summary, score, summarize
 from .spans import Span
@@ -37,7 +38,7 @@ class EvalSettings:
     settings: Settings
     auto_context: bool = True
     heal: bool = True
-    context_budget: float = 0.25
+    context_budget: float = CONTEXT_SHARE
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,17 @@ def request_for(
     share = base.context_budget if variant.context_budget is None else variant.context_budget
     auto = base.auto_context if variant.auto_context is None else variant.auto_context
     documents: tuple = ()
-    if auto and share:
-        room = int((budget - settings.max_tokens) * share)
-        documents = auto_context(root / span.path, span.prefix, span.suffix, room).documents
+    if auto and share:  # the index made whole first: scores must not depend on the machine's speed
+        chosen = choose_context(
+            root / span.path,
+            span.prefix,
+            span.suffix,
+            budget,
+            settings.max_tokens,
+            share,
+            index_budget_s=None,
+        )
+        documents = chosen.documents
     return CompletionRequest(
         prefix=span.prefix,
         suffix=span.suffix,
