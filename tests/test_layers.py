@@ -17,7 +17,7 @@ FORBIDDEN = {
     "model": {"checkpoint", "completion", "serve", "cli", "session", "bench", "dev", "settings", "engines"},
     "checkpoint": {"completion", "serve", "cli", "session", "bench", "dev", "engines"},
     "completion": {"checkpoint", "serve", "cli", "session", "bench", "dev", "engines"},
-    "serve": {"cli", "session", "bench", "dev"},
+    "serve": {"cli", "session", "bench", "dev"},  # repo: the chunks editors send (input_extra)
     "session": {"cli", "bench", "dev"},
     "engines": {"cli", "session", "serve", "bench", "dev"},
     "bench": {"cli", "dev", "serve"},

@@ -230,6 +230,7 @@ class Handler(BaseHTTPRequestHandler):
         n_ctx = self.service.context_size(None)
         unlimited = min(self.service.options.max_tokens_limit, n_ctx // 2)
         request = infill.parse(body, {infill.UNLIMITED: unlimited, 0: 1}.get(opts.n_predict, opts.n_predict))
+        request = infill.with_recent(request, n_ctx)  # chunks other requests sent, for this one
         asked = infill.Asked(request, opts, n_ctx)
         if opts.warm_only and infill.is_empty(request):  # nothing to compute
             nothing = Done(

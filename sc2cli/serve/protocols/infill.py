@@ -10,6 +10,7 @@ events when `stream` is true. Other fields (`id_slot`, `samplers`, `cache_prompt
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from ...completion.events import Done, Event, Token
 from ...completion.prompt import Document
 from ...completion.request import CompletionRequest
 from ...errors import InputError
+from ...repo import CONTEXT_SHARE
+from ...repo.context import context_tokens, editor_chunks
 from .fields import flag, number, sampling_fields, stops, text
 
 STOP_TYPES = {"max_tokens": "limit", "stop": "word", "cancelled": "cancelled"}  # else: eos
@@ -64,6 +67,15 @@ def parse(body: dict, max_tokens: int) -> CompletionRequest:
         stop=stops(body.get("stop")),
         raw=flag(body, "raw"),
     )
+
+
+def with_recent(request: CompletionRequest, n_ctx: int) -> CompletionRequest:
+    """The request with chunks that earlier requests sent (`input_extra`) and that look like the lines
+    around its cursor, after its own, in the room the default context share leaves them; its own chunks
+    are remembered for the requests after it (repo/recent.py)."""
+    tokens = context_tokens(n_ctx, request.max_tokens, CONTEXT_SHARE, request.context)
+    recalled = editor_chunks(request.path, request.prefix, request.suffix, request.context, tokens)
+    return dataclasses.replace(request, context=request.context + recalled) if recalled else request
 
 
 def _chunk(item: Any) -> bool:
