@@ -184,10 +184,9 @@ def _similar(
     """The index's best chunks and, scored on the index's scale, those editors sent to this process
     (recent.py), best first; none overlapping or repeating another."""
     candidates = [(h.score, h.path, h, None) for h in index.search(query, MAX_CHUNKS * 2, exclude=skip)]
-    statistics = index.idf(query) if query else None
-    for score, seen in ring_for(root.resolve()).search(
-        query, MAX_CHUNKS, skip, *(statistics or (None, None))
-    ):
+    ring = ring_for(root.resolve())
+    statistics = index.idf(query) if query and ring.chunks() else None  # a query more: only when needed
+    for score, seen in ring.search(query, MAX_CHUNKS, skip, *(statistics or (None, None))):
         candidates.append((score, seen.path, None, seen.text))
     candidates.sort(key=lambda c: -round(c[0], 6))  # stable: the index's own order among equals
     docs: list[Document] = []

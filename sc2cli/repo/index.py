@@ -209,7 +209,9 @@ class RepoIndex:
     def refresh(self, tracked: Sequence[TrackedFile] | None = None, budget_s: float | None = None) -> Refresh:
         """Re-index files whose mtime or size changed, drop files no longer tracked. With `budget_s`, stop
         once about that many seconds have gone to indexing, the most recently modified files first: the
-        rest waits for the next call (`Refresh.pending`), and searches meanwhile see what is indexed."""
+        rest waits for the next call (`Refresh.pending`), and searches meanwhile see what is indexed. The
+        budget counts from the call: listing and checking the files spend it too."""
+        started = time.perf_counter()
         current = {f.path: f for f in (tracked if tracked is not None else self._tracked())}
         known = {p: (i, m, s) for i, p, m, s in self.db.execute("SELECT id, path, mtime_ns, size FROM files")}
         stale = [f for p, f in current.items() if known.get(p, (0, None, None))[1:] != (f.mtime_ns, f.size)]
@@ -222,7 +224,7 @@ class RepoIndex:
             self._replace([f.path for f in stale], stale, bulk=len(stale) > BULK_FILES)
             done = len(stale)
         else:
-            done = self._index_within(stale, budget_s)
+            done = self._index_within(stale, started + budget_s)
         if done > BULK_FILES and done == len(stale):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log would stay as big as the index
         return Refresh(done, len(gone), len(current), len(stale) - done)
@@ -240,13 +242,13 @@ class RepoIndex:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('git_index', ?)", (stamp,))
         return tracked_files(self.root, paths)
 
-    def _index_within(self, stale: Sequence[TrackedFile], budget_s: float) -> int:
-        """Index `stale` in batches sized by how long each byte took so far, until `budget_s` is spent; how
-        many were indexed. A batch is one transaction, so what is indexed stays for the next process."""
-        started = time.perf_counter()
-        done, per_byte = 0, FIRST_BYTE_S
+    def _index_within(self, stale: Sequence[TrackedFile], deadline: float) -> int:
+        """Index `stale` in batches sized by how long a byte took so far (in this index, across processes),
+        each begun only if it should end by `deadline` (time.perf_counter); how many were indexed. A batch
+        is one transaction, so what is indexed stays for the next process."""
+        done, per_byte = 0, float(self._meta("byte_s") or FIRST_BYTE_S)
         while done < len(stale):
-            allowance = (budget_s - (time.perf_counter() - started)) / per_byte
+            allowance = (deadline - time.perf_counter()) / per_byte
             size, total = 0, 0
             while done + size < len(stale) and size < MAX_BATCH:
                 total += stale[done + size].size
@@ -258,15 +260,18 @@ class RepoIndex:
             size = max(size, 1)  # a call indexes one file at least, however big: the next one goes on
             batch = stale[done : done + size]
             began = time.perf_counter()
-            self._replace([f.path for f in batch], batch)
+            self._replace([f.path for f in batch], batch, byte_s=per_byte)
             measured = (time.perf_counter() - began) / max(sum(f.size for f in batch), 1)
-            per_byte = max(measured, per_byte / 2)  # a fast batch of small files does not make big ones fast
+            per_byte = (per_byte + measured) / 2  # smoothed: one batch of unusual files says little
             done += size
         return done
 
-    def _replace(self, paths: Sequence[str], files: Sequence[TrackedFile], bulk: bool = False) -> None:
-        """In one write transaction: forget what the index holds for `paths`, then index `files`. The old
-        rows are looked up inside it, so two processes indexing the same file cannot both add it."""
+    def _replace(
+        self, paths: Sequence[str], files: Sequence[TrackedFile], bulk: bool = False, byte_s: float = 0.0
+    ) -> None:
+        """In one write transaction: forget what the index holds for `paths`, then index `files` (and keep
+        `byte_s`, the time a byte takes, for the next process). The old rows are looked up inside it, so
+        two processes indexing the same file cannot both add it."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             ids = []
@@ -277,6 +282,8 @@ class RepoIndex:
             self._forget(ids)
             if files:
                 self._add(files, bulk)
+            if byte_s:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('byte_s', ?)", (repr(byte_s),))
             self.db.commit()
         except BaseException:
             self.db.rollback()
