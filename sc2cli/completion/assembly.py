@@ -6,12 +6,16 @@ clients of external engines, which feed it what their stream carries). Torch-fre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .events import Done, Timings, Token, Usage
 from .postprocess import Finisher, rules_for
 from .prompt import Prompt
 from .request import CompletionRequest
 from .tokenizer import Detokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from .speculate import Speculation  # torch: the engine's side only
 
 
 class Assembly:
@@ -81,14 +85,26 @@ class Assembly:
         )
 
 
-def timings(load: float, started: float, first: float, ended: float, usage: Usage) -> Timings:
-    """Prefill (to the first token) and decode speeds from the clock readings of one completion."""
+def timings(
+    load: float,
+    started: float,
+    first: float,
+    ended: float,
+    usage: Usage,
+    speculation: Speculation | None = None,
+) -> Timings:
+    """Prefill (to the first token) and decode speeds from the clock readings of one completion, and how
+    many drafted tokens the model kept (speculate.py)."""
     prefill, decode = first - started, ended - first
     computed, generated = usage.computed_tokens, usage.completion_tokens
+    drafted, accepted = (speculation.drafted, speculation.accepted) if speculation else (0, 0)
     return Timings(
         load_s=round(load, 4),
         prefill_s=round(prefill, 4),
         prefill_tokens_per_s=round(computed / prefill, 2) if prefill > 0 else 0.0,
         decode_s=round(decode, 4),
         decode_tokens_per_s=round((generated - 1) / decode, 2) if decode > 0 and generated > 1 else 0.0,
+        drafted_tokens=drafted,
+        accepted_tokens=accepted,
+        acceptance_rate=round(accepted / drafted, 3) if drafted else 0.0,
     )

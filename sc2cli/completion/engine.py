@@ -16,6 +16,7 @@ from .events import Event, Usage
 from .generate import NonFiniteLogits, PromptCache, Step, common_prefix, generate
 from .prompt import Prompt
 from .request import CompletionRequest, prompt_for
+from .speculate import Speculation
 from .tokenizer import Tokenizer
 
 
@@ -84,10 +85,11 @@ class Engine:
         cache = self._cache_for(prompt.ids, request.max_tokens)
         started = time.perf_counter()
         first_token_at = None
+        speculation = Speculation() if request.speculate else None
         steps = generate(
             self.model, prompt.ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
             stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled, forced=prompt.heal,
-            token_bytes=self.tokenizer.token_bytes,
+            token_bytes=self.tokenizer.token_bytes, speculation=speculation,
         )  # fmt: skip
         try:
             for step in self._checked(steps):
@@ -109,7 +111,7 @@ class Engine:
             prompt,
             reason=assembly.reason(len(assembly.tokens), stopped),
             usage=usage,
-            timings=timings(self.load_seconds, started, first_token_at or ended, ended, usage),
+            timings=timings(self.load_seconds, started, first_token_at or ended, ended, usage, speculation),
             model=self.name,
             healed=prompt.heal,
         )

@@ -42,6 +42,9 @@ class Timings:
     prefill_tokens_per_s: float = 0.0
     decode_s: float = 0.0
     decode_tokens_per_s: float = 0.0
+    drafted_tokens: int = 0  # speculative decoding: tokens copied from the prompt and verified
+    accepted_tokens: int = 0  # ... of which the model kept
+    acceptance_rate: float = 0.0
 
 
 @dataclass(frozen=True)

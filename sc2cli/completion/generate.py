@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError, Sc2Error
 from ..model.model import KVCache, Starcoder2
 from .sampling import Sampling
+from .speculate import Drafter, Speculation, accept_or_resample
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the attention scores' memory
 
@@ -39,6 +40,16 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def probabilities(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """What sampling draws from: fp32 logits (V,) after temperature, top-k and top-p, as probabilities."""
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        logits = top_k_filter(logits, sampling.top_k)
+    if sampling.top_p is not None:
+        logits = top_p_filter(logits, sampling.top_p)
+    return torch.softmax(logits, dim=-1)
+
+
 def choose(
     logits: torch.Tensor,
     sampling: Sampling,
@@ -50,13 +61,24 @@ def choose(
         logits = logits.masked_fill(~allowed, float("-inf"))
     if sampling.greedy:
         return int(torch.argmax(logits))
-    logits = logits / sampling.temperature
-    if sampling.top_k:
-        logits = top_k_filter(logits, sampling.top_k)
-    if sampling.top_p is not None:
-        logits = top_p_filter(logits, sampling.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.multinomial(probabilities(logits, sampling), 1, generator=generator))
+
+
+def verify(
+    rows: torch.Tensor, drafts: Sequence[int], sampling: Sampling, generator: torch.Generator | None
+) -> tuple[int, int | None]:
+    """How many `drafts` the model keeps, given its fp32 logits `rows` (m+1, V) at each draft's position
+    and after the last; and the token it picks instead of the first one it rejects (None: none rejected).
+    Greedy keeps a draft that is the argmax; sampling uses the accept/reject rule (speculate.py)."""
+    for i, draft in enumerate(drafts):
+        if sampling.greedy:
+            pick = int(torch.argmax(rows[i]))
+            instead = None if pick == draft else pick
+        else:
+            instead = accept_or_resample(probabilities(rows[i], sampling), draft, generator)
+        if instead is not None:
+            return i, instead
+    return len(drafts), None
 
 
 def healing_mask(
@@ -138,10 +160,26 @@ def prefill(
 
 
 @torch.inference_mode()
-def decode_one(model: Starcoder2, token: int, cache: PromptCache) -> torch.Tensor:
-    logits = model(torch.tensor([[token]], device=model.device), cache.kv)
-    cache.tokens.append(token)
-    return logits[0, -1].float()
+def decode(model: Starcoder2, tokens: Sequence[int], cache: PromptCache) -> torch.Tensor:
+    """Run a few tokens after the cached ones; fp32 logits at each of them (T, V)."""
+    logits = model(torch.tensor([list(tokens)], device=model.device), cache.kv)
+    cache.tokens += tokens
+    return logits[0].float()
+
+
+def rollback(cache: PromptCache, length: int) -> None:
+    """Forget the cached tokens from `length` on (rejected drafts): the KV cache and its ids alike."""
+    cache.kv.truncate(length)
+    del cache.tokens[length:]
+
+
+def log_probability(logits: torch.Tensor, token: int, position: int) -> float:
+    """The chosen token's log-probability; NaN or Inf here (an argmax picks NaN or +Inf, and NaN spreads to
+    every log-probability) means the logits are not finite: NonFiniteLogits, at no extra cost."""
+    logprob = float(torch.log_softmax(logits, dim=-1)[token])
+    if not math.isfinite(logprob):
+        raise NonFiniteLogits(position)
+    return logprob
 
 
 def generate(
@@ -155,10 +193,16 @@ def generate(
     cancelled: Callable[[], bool] | None = None,
     forced: bytes = b"",
     token_bytes: Sequence[bytes] = (),
+    speculation: Speculation | None = None,
 ) -> Iterator[Step]:
     """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`, or as
-    soon as `cancelled()` turns true (checked between prefill chunks and between tokens). The first
+    soon as `cancelled()` turns true (checked between prefill chunks and between forward passes). The first
     token starts with the bytes `forced` (a healed prompt's last token; `token_bytes` maps ids to bytes).
+
+    With `speculation`, each forward pass also verifies a draft copied from earlier in the text
+    (speculate.py) and yields every draft token the model keeps; the tokens are the same as without it
+    (greedy), or drawn from the same distribution (sampling). `speculation` counts the drafted and
+    accepted tokens. The cache ends holding the prompt and the tokens yielded (the last one possibly not).
     Logits with NaN or Inf raise NonFiniteLogits: greedy checks the chosen token's logprob (free), sampling
     checks the whole step (~0.3 ms on CPU at 49,152 tokens, less than its own softmax and sort)."""
     if not prompt:
@@ -175,20 +219,58 @@ def generate(
     if sampling.seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
     logits = prefill(model, prompt[reused:], cache, cancelled=cancelled)
-    for produced in range(1, max_new_tokens + 1):
+    drafter = Drafter(prompt, speculation) if speculation is not None else None
+    token = None  # the next token when a rejected draft's verification already picked it
+    produced = 0
+    while produced < max_new_tokens:
         if logits is None or (cancelled is not None and cancelled()):
             return
-        allowed = None
-        if forced and produced == 1:
-            allowed = healing_mask(token_bytes, forced, stop_ids, logits.shape[-1]).to(logits.device)
-        if not sampling.greedy and not bool(torch.isfinite(logits).all()):  # before sampling trips on them
-            raise NonFiniteLogits(produced)
-        token = choose(logits, sampling, generator, allowed)
-        logprob = float(torch.log_softmax(logits, dim=-1)[token])
-        if not math.isfinite(logprob):  # argmax picks a NaN or +Inf, and NaN spreads to every logprob
-            raise NonFiniteLogits(produced)
+        if token is None:
+            allowed = None
+            if forced and produced == 0:  # drafting starts after this token: the constraint holds
+                allowed = healing_mask(token_bytes, forced, stop_ids, logits.shape[-1]).to(logits.device)
+            if not sampling.greedy and not bool(
+                torch.isfinite(logits).all()
+            ):  # before sampling trips on them
+                raise NonFiniteLogits(produced + 1)
+            token = choose(logits, sampling, generator, allowed)
         if token in stop_ids:
             return
-        yield Step(token, logprob)
-        if produced < max_new_tokens:
-            logits = decode_one(model, token, cache)
+        yield Step(token, log_probability(logits, token, produced + 1))
+        produced += 1
+        if produced == max_new_tokens:
+            return
+        drafts = []
+        if drafter is not None:
+            drafter.push([token])
+            drafts = drafter.draft(max_new_tokens - produced)
+        if not drafts:
+            logits, token = decode(model, [token], cache)[0], None
+            continue
+        start = len(cache.tokens)
+        rows = decode(model, [token, *drafts], cache)  # (1 + len(drafts), V)
+        if not sampling.greedy and not bool(torch.isfinite(rows).all()):  # before the acceptance rule trips
+            raise NonFiniteLogits(produced + 1)
+        kept, token = verify(rows, drafts, sampling, generator)
+        drafter.accept(drafts, kept)
+        steps = list(_kept_steps(rows, drafts[:kept], stop_ids, max_new_tokens - produced, produced + 1))
+        rollback(cache, start + 1 + len(steps))  # the cache holds exactly the tokens to yield
+        for step in steps:
+            if cancelled is not None and cancelled():
+                return
+            yield step
+            produced += 1
+        if len(steps) < kept:  # a stop token, or the limit
+            return
+        logits = rows[kept]
+
+
+def _kept_steps(
+    rows: torch.Tensor, kept: Sequence[int], stop_ids: frozenset[int], limit: int, position: int
+) -> Iterator[Step]:
+    """The steps of the drafts the model kept, up to the first stop token and at most `limit`; `position`
+    is the first one's place in the completion."""
+    for i, draft in enumerate(kept[:limit]):
+        if draft in stop_ids:
+            return
+        yield Step(draft, log_probability(rows[i], draft, position + i))

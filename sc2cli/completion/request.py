@@ -33,6 +33,7 @@ class CompletionRequest:
     stop: tuple[str, ...] = ()
     raw: bool = False
     heal: bool = True  # token healing of the prefix's last token (prompt.heal)
+    speculate: bool = True  # draft tokens from the prompt, verified by the model (speculate.py)
     budget: int | None = None  # prompt + completion tokens; None: the engine's default for its device
     context_share: float = 0.0  # the share of the prompt's room the prefix leaves to context documents
     eol: str = "\n"
@@ -84,7 +85,7 @@ class CompletionRequest:
 def _check_types(values: dict[str, Any]) -> None:
     expected = {
         "prefix": str, "suffix": str, "path": (str, type(None)), "repo": (str, type(None)), "metadata": bool,
-        "max_tokens": int, "raw": bool, "heal": bool, "budget": (int, type(None)), "eol": str,
+        "max_tokens": int, "raw": bool, "heal": bool, "speculate": bool, "budget": (int, type(None)), "eol": str,
         "context_share": (float, int),
     }  # fmt: skip
     for name, kind in expected.items():

@@ -46,7 +46,7 @@ class ModelBackend:
     def run(self, ids: list[int], max_tokens: int, top: int, eos: int) -> Iterator[Step]:
         import torch
 
-        from sc2cli.completion.generate import PromptCache, decode_one, prefill
+        from sc2cli.completion.generate import PromptCache, decode, prefill
 
         with self.lock:
             cache = PromptCache(self.model, len(ids) + max_tokens)
@@ -60,7 +60,7 @@ class ModelBackend:
                 if token == eos:
                     return
                 if i + 1 < max_tokens:
-                    logits = decode_one(self.model, token, cache)
+                    logits = decode(self.model, [token], cache)[0]
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""Speculative decoding from the prompt: guess the next tokens by finding the last few tokens of the text
+so far earlier in it, and the rule that keeps or rejects a guess without changing what the model samples.
+
+Code completion repeats its surroundings: the suffix often holds the line being written, edits copy
+neighbouring code, and context files define what the completion calls. `Drafter` indexes the prompt once
+per request (every n-gram, mapped to where it was last followed) and each accepted token after it, so a
+draft costs a dictionary lookup. generate.py verifies a draft in the forward pass that decodes the next
+token anyway: while decode is bound by reading the weights, k+1 positions cost about as much as one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+NGRAM_SIZES = (3, 2, 1)  # the longest match is tried first: it predicts the continuation best
+MAX_DRAFT = 6  # tokens per draft; 7 rows keep bf16 CPU matrices below UPCAST_MIN_ROWS (model/linear.py)
+
+
+@dataclass
+class Speculation:
+    """How to draft (`max_draft` tokens at most, matching the last `sizes` tokens) and, after a run, how it
+    went: `drafted` tokens verified, `accepted` of them kept."""
+
+    max_draft: int = MAX_DRAFT
+    sizes: tuple[int, ...] = NGRAM_SIZES
+    drafted: int = 0
+    accepted: int = 0
+
+
+class Drafter:
+    """The sequence so far (prompt, then generated tokens) and, for every n-gram of it, the position right
+    after its latest occurrence that has a known continuation."""
+
+    def __init__(self, ids: Sequence[int], speculation: Speculation) -> None:
+        self.ids = list(ids)
+        self.speculation = speculation
+        self.sizes = speculation.sizes
+        self.max_draft = speculation.max_draft
+        self.follows: dict[tuple[int, ...], int] = {}
+        for end in range(1, len(self.ids)):
+            self._index(end)
+
+    def _index(self, end: int) -> None:
+        """Record that the n-grams ending just before `end` are followed by ids[end]."""
+        for n in self.sizes:
+            if end >= n:
+                self.follows[tuple(self.ids[end - n : end])] = end
+
+    def push(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            self.ids.append(token)
+            self._index(len(self.ids) - 1)
+
+    def accept(self, drafts: Sequence[int], kept: int) -> None:
+        """The model verified `drafts` and kept the first `kept`: count them, and go on after those."""
+        self.speculation.drafted += len(drafts)
+        self.speculation.accepted += kept
+        self.push(drafts[:kept])
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to `limit` (and `max_draft`) tokens that followed the longest match of the sequence's end;
+        empty when nothing matches."""
+        limit = min(limit, self.max_draft)
+        if limit < 1:
+            return []
+        for n in self.sizes:
+            start = self.follows.get(tuple(self.ids[-n:])) if len(self.ids) >= n else None
+            if start is not None:
+                return self._copy(start, limit)
+        return []
+
+    def _copy(self, start: int, limit: int) -> list[int]:
+        """`limit` tokens from `start` on; where they run past the end, the copy goes on copying itself,
+        so a repeating pattern drafts whole periods (LZ77's overlapping copy)."""
+        out = self.ids[start : start + limit]
+        while len(out) < limit:
+            out.append(out[len(out) - (len(self.ids) - start)])
+        return out
+
+
+def accept_or_resample(probs: torch.Tensor, draft: int, generator: torch.Generator | None) -> int | None:
+    """Speculative sampling's rule for a draft that is one token for sure (a point mass): keep `draft` with
+    probability p(draft) (None), else return a token drawn from p without it, renormalised. Either way the
+    token that comes out is distributed exactly as `probs` (V,): p(draft) + 0 for the draft, and
+    (1 - p(draft)) * p(x) / (1 - p(draft)) for any other x."""
+    p = float(probs[draft])
+    if float(torch.rand((), generator=generator, device=probs.device)) < p:
+        return None
+    residual = probs.clone()
+    residual[draft] = 0
+    if float(residual.sum()) <= 0:  # p(draft) rounded below 1 with nothing else left: keep it
+        return None
+    return int(torch.multinomial(residual, 1, generator=generator))

@@ -1,0 +1,190 @@
+"""Speculative decoding from the prompt: the drafts, the accept/reject rule's distribution, and generation
+that is token for token plain greedy generation, with the same stops, limits, cache and healing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sc2cli
+from sc2cli.completion.generate import PromptCache, generate, healing_mask, prefill
+from sc2cli.completion.sampling import Sampling
+from sc2cli.completion.speculate import Drafter, Speculation, accept_or_resample
+
+from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
+
+STOPS = frozenset(range(7))
+
+# ------------------------------------------------------------------------------------------------ drafts
+
+
+def test_the_longest_match_drafts_what_followed_its_latest_occurrence():
+    ids = [1, 2, 3, 4, 5, 9, 3, 4, 6, 7, 2, 3, 4]
+    assert Drafter(ids, Speculation(max_draft=3)).draft(10) == [5, 9, 3]  # "2 3 4" beats the later "3 4"
+    assert Drafter(ids, Speculation(max_draft=3, sizes=(2, 1))).draft(10) == [6, 7, 2]  # the latest "3 4"
+    drafter = Drafter([1, 2, 3, 4, 5, 2, 3, 4], Speculation(max_draft=3))
+    assert drafter.draft(10) == [5, 2, 3]
+    assert drafter.draft(2) == [5, 2]
+    assert drafter.draft(0) == []
+
+
+def test_no_match_no_draft_and_generated_tokens_are_indexed():
+    drafter = Drafter([10, 11, 12], Speculation())
+    drafter.push([13])
+    assert drafter.draft(4) == []
+    drafter.push([11])
+    assert drafter.draft(4) == [12, 13, 11, 12]  # "11" went on with 12, 13, then the copy copies itself
+
+
+def test_a_repeating_pattern_drafts_whole_periods():
+    drafter = Drafter([5, 6, 7, 5, 6, 7, 5], Speculation(max_draft=6))
+    assert drafter.draft(6) == [6, 7, 5, 6, 7, 5]
+    drafter = Drafter([4, 4, 4], Speculation(max_draft=5))
+    assert drafter.draft(5) == [4] * 5
+
+
+def test_accepting_counts_and_goes_on_after_the_kept_tokens():
+    speculation = Speculation()
+    drafter = Drafter([1, 2, 3, 8, 1, 2], speculation)
+    drafter.accept([3, 8, 1], 2)
+    assert (speculation.drafted, speculation.accepted) == (3, 2)
+    assert drafter.ids[-2:] == [3, 8]
+
+
+# ------------------------------------------------------------------------------------------------ sampling rule
+
+
+@pytest.mark.parametrize("draft", [0, 2, 4])
+def test_accept_or_resample_draws_exactly_from_p(draft):
+    """With the draft a point mass, what comes out (kept draft or the resampled token) is distributed as p:
+    a chi-square test over many draws (df 4; 0.01% of correct rules fail above 23.5)."""
+    p = torch.tensor([0.05, 0.4, 0.3, 0.0, 0.25])
+    generator = torch.Generator().manual_seed(draft)
+    n = 20_000
+    counts = torch.zeros(5)
+    for _ in range(n):
+        out = accept_or_resample(p, draft, generator)
+        counts[draft if out is None else out] += 1
+    assert counts[3] == 0
+    seen = p > 0
+    chi2 = float((((counts - n * p) ** 2)[seen] / (n * p[seen])).sum())
+    assert chi2 < 23.5, (counts / n).tolist()
+
+
+def test_a_certain_draft_is_always_kept_and_an_impossible_one_never():
+    generator = torch.Generator().manual_seed(0)
+    assert all(accept_or_resample(torch.tensor([0.0, 1.0, 0.0]), 1, generator) is None for _ in range(200))
+    assert all(accept_or_resample(torch.tensor([0.5, 0.0, 0.5]), 1, generator) in (0, 2) for _ in range(200))
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+@pytest.fixture(scope="module", params=[6, None], ids=["window6", "nowindow"])
+def model(request, tmp_path_factory):
+    config = hub_config(
+        vocab_size=96, sliding_window=request.param, num_key_value_heads=2, max_position_embeddings=256
+    )
+    folder = write_hub_checkpoint(
+        tmp_path_factory.mktemp("spec"), config, state_dict_of(reference_model(config, 11), True)
+    )
+    return sc2cli.load_model(folder, dtype="fp32", device="cpu", attn="sdpa")
+
+
+def prompts() -> list[list[int]]:
+    """Random prompts, and prompts that repeat themselves (where drafts are found and kept)."""
+    out = []
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        piece = torch.randint(7, 96, (5 + seed,), generator=g).tolist()
+        out.append(torch.randint(7, 96, (24,), generator=g).tolist())
+        out.append(piece * 3 + piece[:2])
+    return out
+
+
+def run(model, prompt, speculation=None, **kwargs):
+    return list(generate(model, prompt, speculation=speculation, **kwargs))
+
+
+def test_greedy_is_token_for_token_plain_greedy(model):
+    totals = Speculation()
+    for prompt in prompts():
+        for stops in (STOPS, frozenset()):
+            plain = run(model, prompt, max_new_tokens=40, stop_ids=stops)
+            speculation = Speculation()
+            fast = run(model, prompt, speculation, max_new_tokens=40, stop_ids=stops)
+            assert [s.token for s in fast] == [s.token for s in plain]
+            torch.testing.assert_close(
+                [s.logprob for s in fast], [s.logprob for s in plain], atol=1e-5, rtol=0
+            )
+            totals.drafted += speculation.drafted
+            totals.accepted += speculation.accepted
+    assert 0 < totals.accepted < totals.drafted  # both kept and rejected drafts were exercised
+
+
+@pytest.mark.parametrize("limit", [1, 3, 8])
+def test_the_token_limit_and_stop_tokens_cut_a_kept_draft(model, limit):
+    for prompt in prompts()[1::2]:
+        free = [s.token for s in run(model, prompt, max_new_tokens=30)]
+        stop = frozenset({free[limit]}) - {free[0]}  # a token that comes, possibly inside a kept draft
+        for stops in (frozenset(), stop):
+            plain = [s.token for s in run(model, prompt, max_new_tokens=limit, stop_ids=stops)]
+            fast = [s.token for s in run(model, prompt, Speculation(), max_new_tokens=limit, stop_ids=stops)]
+            assert fast == plain
+            assert len(fast) <= limit and not set(fast) & stops
+
+
+def test_the_cache_holds_exactly_the_kept_tokens_and_is_reused_correctly(model):
+    cache = PromptCache(model, 200)
+    for prompt in prompts()[1:8:2]:
+        speculation = Speculation()
+        tokens = [s.token for s in run(model, prompt, speculation, max_new_tokens=25, cache=cache)]
+        assert cache.kv.length == len(cache.tokens)
+        assert cache.tokens[: len(prompt)] == prompt
+        assert cache.tokens[len(prompt) :] == tokens[: len(cache.tokens) - len(prompt)]
+        assert len(cache.tokens) >= len(prompt) + len(tokens) - 1
+        fresh = PromptCache(model, 200)
+        prefill(model, cache.tokens, fresh)  # what those tokens' keys and values are when computed afresh
+        n = cache.kv.length
+        torch.testing.assert_close(cache.kv.keys[..., :n, :], fresh.kv.keys[..., :n, :], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            cache.kv.values[..., :n, :], fresh.kv.values[..., :n, :], atol=1e-5, rtol=0
+        )
+        longer = [*prompt, *tokens, 9, 10]  # the next request shares the prompt and the completion
+        again = [s.token for s in run(model, longer, Speculation(), max_new_tokens=10, cache=cache)]
+        assert again == [s.token for s in run(model, longer, max_new_tokens=10)]
+
+
+def test_cancelling_stops_between_kept_tokens(model):
+    prompt = prompts()[1]
+    seen: list[int] = []
+    steps = generate(
+        model, prompt, max_new_tokens=30, cancelled=lambda: len(seen) >= 4, speculation=Speculation()
+    )
+    for step in steps:
+        seen.append(step.token)
+    assert seen == [s.token for s in run(model, prompt, max_new_tokens=4)]
+
+
+def test_the_healed_first_token_is_chosen_before_any_draft(model):
+    token_bytes = [b""] * 7 + [bytes([97 + i % 5]) * (1 + i % 3) for i in range(7, 96)]
+    for prompt in prompts():
+        kwargs = {"max_new_tokens": 12, "stop_ids": STOPS, "forced": b"cc", "token_bytes": token_bytes}
+        fast = [s.token for s in run(model, prompt, Speculation(), **kwargs)]
+        assert fast == [s.token for s in run(model, prompt, **kwargs)]
+        allowed = healing_mask(token_bytes, b"cc", STOPS, 96)
+        assert allowed[fast[0]]
+
+
+def test_sampling_applies_top_k_to_verified_tokens_and_the_seed_reproduces(model):
+    sampling = Sampling(temperature=1.5, top_k=3, seed=4)
+    for prompt in prompts()[1::2]:
+        speculation = Speculation()
+        tokens = [s.token for s in run(model, prompt, speculation, max_new_tokens=30, sampling=sampling)]
+        assert tokens == [
+            s.token for s in run(model, prompt, Speculation(), max_new_tokens=30, sampling=sampling)
+        ]
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + tokens]))[0, len(prompt) - 1 : -1]  # (n, V)
+        top3 = torch.topk(logits, 3).indices
+        assert all(t in top3[i].tolist() for i, t in enumerate(tokens))
