@@ -191,6 +191,7 @@ def build_request(buffer: Buffer, opts: CompletionOptions, settings: Settings) -
         stop=tuple(opts.stop or ()),
         raw=opts.raw,
         heal=not opts.no_heal,
+        speculate=not opts.no_speculate,
         budget=settings.prompt_budget,
         eol=eol,
     )

@@ -94,6 +94,15 @@ NoHealOpt = Annotated[
         rich_help_panel=_GEN,
     ),
 ]
+NoSpeculateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-speculate",
+        help="Decode one token per pass: no drafts copied from the prompt (speculative decoding is on by "
+        "default; greedy output is the same either way).",
+        rich_help_panel=_GEN,
+    ),
+]
 ContextOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -232,6 +241,7 @@ class CompletionOptions:
     stop: StopOpt = None
     raw: RawOpt = False
     no_heal: NoHealOpt = False
+    no_speculate: NoSpeculateOpt = False
     context: ContextOpt = None
     context_budget: ContextBudgetOpt = CONTEXT_SHARE
     no_auto_context: NoAutoContextOpt = False

@@ -476,3 +476,13 @@ def test_help_lists_every_setting_names_the_server_token_and_quotes_the_readme(c
     quantize = " ".join(out.split()).split("--quantize", 1)[1].split(" --", 1)[0]
     figures = __import__("re").findall(r"~\d+(?:\.\d+)?x", quantize)
     assert figures and all(figure in readme for figure in figures), (figures, quantize)  # measured there
+
+
+def test_no_speculate_turns_the_drafts_off_and_changes_no_greedy_token(capsys, monkeypatch, model, repo):
+    where = f"{repo}/src/app.py:5"
+    args = ("complete", where, "-m", model, "--max-tokens", "12", "-f", "json")
+    fast = json.loads(sc2(capsys, monkeypatch, *args)[1])
+    plain = json.loads(sc2(capsys, monkeypatch, *args, "--no-speculate")[1])
+    assert fast["tokens"] == plain["tokens"] and fast["text"] == plain["text"]
+    assert plain["timings"]["drafted_tokens"] == plain["timings"]["accepted_tokens"] == 0
+    assert set(fast["timings"]) >= {"drafted_tokens", "accepted_tokens", "acceptance_rate"}

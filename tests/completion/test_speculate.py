@@ -188,3 +188,73 @@ def test_sampling_applies_top_k_to_verified_tokens_and_the_seed_reproduces(model
             logits = model(torch.tensor([prompt + tokens]))[0, len(prompt) - 1 : -1]  # (n, V)
         top3 = torch.topk(logits, 3).indices
         assert all(t in top3[i].tolist() for i, t in enumerate(tokens))
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The trained tiny model in fp32, with two prompt caches as a warm server keeps them."""
+    from sc2cli.checkpoint.names import TINY_DIR
+    from sc2cli.completion.engine import Engine
+    from sc2cli.completion.tokenizer import Tokenizer
+
+    model = sc2cli.load_model(TINY_DIR, dtype="fp32", device="cpu", attn="sdpa")
+    return Engine(model, Tokenizer.from_folder(TINY_DIR), name="tiny", default_budget=2048, cache_slots=2)
+
+
+CODE = """def area(shape):
+    if shape.kind == "circle":
+        return 3.14159 * shape.radius * shape.radius
+    if shape.kind == "square":
+        return shape.side * shape.side
+    if shape.kind == "rectangle":
+        return shape.width * shape.height
+    raise ValueError(shape.kind)
+"""
+
+
+def requests():
+    """A line deleted and completed back, the cursor inside a repeated pattern, and text with no copy."""
+    from sc2cli.completion.request import CompletionRequest
+
+    cut = CODE.index('    if shape.kind == "square"')
+    end = CODE.index("\n", cut) + 1
+    yield CompletionRequest(CODE[:cut], CODE[end:], path="shapes.py", max_tokens=24, raw=True)
+    yield CompletionRequest(CODE[: cut + 12], CODE[cut + 12 :], path="shapes.py", max_tokens=24)
+    yield CompletionRequest("# notes on the weather\nx = ", "", path="w.py", max_tokens=16)
+
+
+def test_the_engine_streams_the_same_completion_and_reports_the_drafts(engine):
+    import dataclasses
+
+    drafted = 0
+    for request in requests():
+        plain = list(engine.stream(dataclasses.replace(request, speculate=False)))[-1]
+        fast = list(engine.stream(request))[-1]
+        assert (fast.text, fast.tokens, fast.stop_reason) == (plain.text, plain.tokens, plain.stop_reason)
+        torch.testing.assert_close(fast.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+        assert plain.timings.drafted_tokens == 0
+        t = fast.timings
+        assert 0 <= t.accepted_tokens <= t.drafted_tokens
+        assert t.acceptance_rate == (
+            round(t.accepted_tokens / t.drafted_tokens, 3) if t.drafted_tokens else 0
+        )
+        drafted += t.drafted_tokens
+    assert drafted > 0
+
+
+def test_the_warm_caches_hold_the_kept_tokens_for_the_next_request(engine):
+    import dataclasses
+
+    from sc2cli.completion.engine import Engine
+
+    cold = Engine(engine.model, engine.tokenizer, name="tiny", default_budget=2048)
+    for request in [*requests(), *requests()]:
+        edited = dataclasses.replace(request, prefix=request.prefix + "    ")
+        for r in (request, edited):
+            warm = list(engine.stream(r))[-1]
+            assert warm.tokens == list(cold.stream(r))[-1].tokens
+        for cache in engine._caches:
+            assert cache.kv.length == len(cache.tokens)
