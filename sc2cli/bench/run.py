@@ -54,6 +54,7 @@ from .models import (
     unquantized_twin,
     weight_bytes_per_token,
 )
+from .speculate import bench_speculation
 
 
 @dataclass
@@ -71,6 +72,7 @@ class BenchOptions:
     vs_transformers: bool = False
     compile: bool = False
     edits: bool = False  # time to first token: cold, identical repeat, after a one-line edit (warm server)
+    speculate: bool = False  # decode with and without drafts from the prompt (speculate.py's workloads)
     seed: int = 0
 
 
@@ -126,6 +128,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     _bench_ttft(options, model, twin, tokenizer, report, log)
     if options.edits:
         _bench_edits(options, model, tokenizer, report, log)
+    if options.speculate:
+        _bench_speculate(options, model, tokenizer, report, log)
     return report
 
 
@@ -260,3 +264,18 @@ def _bench_edits(options: BenchOptions, model, tokenizer: Tokenizer, report: Rep
         f"server TTFT: cold {cold:.2f}s, repeat {repeat:.2f}s, after edit {after:.2f}s ({after / cold:.0%} of cold; "
         f"{done.usage.computed_tokens} of {done.usage.prompt_tokens} tokens recomputed)"
     )
+
+
+def _bench_speculate(options: BenchOptions, model, tokenizer: Tokenizer, report: Report, log) -> None:
+    """Greedy completions with and without drafts from the prompt: where the answer overlaps the file,
+    and where there is nothing to copy."""
+    engine = Engine(model, tokenizer, name="bench", default_budget=model.config.max_position_embeddings)
+    document = sample_document(600, tokenizer)
+    results = bench_speculation(
+        engine, document, options.decode_tokens, options.runs, options.seed, report.add
+    )
+    for name, f in results.items():
+        log(
+            f"speculative decoding, {name.replace('_', '-')}: {f['speculate_tok_s']:.2f} vs {f['plain_tok_s']:.2f} "
+            f"tok/s without ({f['speedup']:.2f}x), {f['acceptance']:.0%} of {f['drafted']:.0f} drafted tokens kept"
+        )
