@@ -7,13 +7,15 @@ Greedy decoding makes both runs produce the same tokens, so the ratio of their d
 
 from __future__ import annotations
 
-import dataclasses
 import random
+import time
 from collections.abc import Callable
 
 from ..completion.engine import Engine
-from ..completion.events import Done
+from ..completion.generate import generate
 from ..completion.request import CompletionRequest
+from ..completion.speculate import Speculation
+from ..model.model import Starcoder2
 
 WORKLOADS = ("overlap", "no_overlap")
 
@@ -62,38 +64,40 @@ def workloads(document: str, max_tokens: int, seed: int) -> dict[str, list[Compl
     }
 
 
-def _run(engine: Engine, requests: list[CompletionRequest], speculate: bool) -> list[Done]:
-    out = []
-    for request in requests:
-        done = list(engine.stream(dataclasses.replace(request, speculate=speculate)))[-1]
-        assert isinstance(done, Done)
-        out.append(done)
-    return out
+def _decode(
+    model: Starcoder2, ids: tuple[int, ...], n: int, speculation: Speculation | None
+) -> tuple[float, int]:
+    """Seconds from the first new token to the last, and the tokens after the first (no stop tokens: random
+    weights run to `n`, whose ids the benchmark's tokenizer may not even have)."""
+    times = [time.perf_counter() for _ in generate(model, ids, max_new_tokens=n, speculation=speculation)]
+    return times[-1] - times[0], len(times) - 1
 
 
 def measure(engine: Engine, requests: list[CompletionRequest], runs: int) -> dict[str, float]:
     """Decode rate with and without drafts (all tokens after each completion's first over all decode time,
     interleaved runs after one warm-up of each), their ratio, and the drafts' acceptance."""
+    prompts = [(engine.prompt(r).ids, r.max_tokens) for r in requests]
     seconds = {True: 0.0, False: 0.0}
     tokens = {True: 0, False: 0}
-    drafted = accepted = 0
-    for speculate in (True, False):
-        _run(engine, requests, speculate)
-    for _ in range(runs):
+    counts = Speculation()
+    for i in range(runs + 1):  # the first round warms up
         for speculate in (True, False):
-            for done in _run(engine, requests, speculate):
-                seconds[speculate] += done.timings.decode_s
-                tokens[speculate] += max(done.usage.completion_tokens - 1, 0)
-                drafted += done.timings.drafted_tokens
-                accepted += done.timings.accepted_tokens
+            for ids, n in prompts:
+                speculation = Speculation() if speculate else None
+                elapsed, decoded = _decode(engine.model, ids, n, speculation)
+                if i and speculation is not None:
+                    counts.drafted += speculation.drafted
+                    counts.accepted += speculation.accepted
+                seconds[speculate] += elapsed if i else 0.0
+                tokens[speculate] += decoded if i else 0
     rate = {s: tokens[s] / seconds[s] if seconds[s] > 0 else 0.0 for s in seconds}
     return {
         "speculate_tok_s": rate[True],
         "plain_tok_s": rate[False],
         "speedup": rate[True] / rate[False] if rate[False] else 0.0,
-        "drafted": drafted / runs,
-        "accepted": accepted / runs,
-        "acceptance": accepted / drafted if drafted else 0.0,
+        "drafted": counts.drafted / runs,
+        "accepted": counts.accepted / runs,
+        "acceptance": counts.accepted / counts.drafted if counts.drafted else 0.0,
     }
 
 
