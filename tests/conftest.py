@@ -14,6 +14,8 @@ USER_VARIABLES = [ENV_PREFIX + key.upper() for key in KEYS] + [
     "SC2_SERVER_TOKEN",
     "SC2_CLIENT_ID",
     "SC2_DEBUG",
+    "SC2_KERNELS",  # a forced kernel path
+    "SC2_ENGINE_TOKEN",
 ]
 
 
@@ -29,6 +31,7 @@ def pytest_configure(config):
 def isolated_environment(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("SC2_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("SC2_CACHE_DIR", str(home / "cache"))  # kernel measurements, packed weights
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing reaches the real hub

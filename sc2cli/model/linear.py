@@ -1,28 +1,24 @@
 """Which kernel each matrix product of the model runs on, chosen once after loading.
 
 The weights load into plain `nn.Linear` layers under their Hugging Face names; `prepare` then swaps each
-for the fastest faithful form on this device and dtype:
+for the fastest faithful form on this device and dtype, the paths measured here (kernels.py):
 
-- `UpcastLinear`, for bf16/fp16 weights on a CPU. Without native bf16/fp16 arithmetic oneDNN emulates the
-  format and a matrix product of many tokens runs ~4x below fp32 speed, so prompts (many rows) are
-  multiplied in fp32 through a shared scratch copy of the weight, exactly as oneDNN computes bf16 (fp32
-  accumulation, result rounded to bf16). Single-token decode, bound by memory, stays in the weight's
-  format so it reads half the bytes; with bf16 it goes to oneDNN's inner product
-  (`mkldnn._linear_pointwise`, the kernel inductor's freezing pass emits) rather than `F.linear`'s
-  matmul, which reads the weights ~1.5x faster (12288x3072: 4.0 vs 5.9 ms on 2 cores) with the same
-  numbers up to summation order.
-- `DynamicInt8Linear` (`quantize="int8"` on x86 CPUs): int8 weights with one scale per output channel,
-  activations quantized per row on the fly, products in int8 through fbgemm (VNNI where present).
-- `WeightOnlyInt8Linear` (`quantize="int8"` elsewhere): int8 weights, bf16/fp16 activations.
+- `UpcastLinear`, for bf16/fp16 weights on a CPU. A single token's product, bound by memory, stays in the
+  weight's format (half the bytes of fp32) through oneDNN's inner product (`mkldnn._linear_pointwise`,
+  the kernel inductor's freezing pass emits) or `F.linear`'s matmul, whichever reads the weights faster
+  here. A prompt's many rows run in bf16 where the CPU has the arithmetic, or in fp32 through a shared
+  scratch copy of the weight, exactly as oneDNN computes bf16 (fp32 accumulation, rounded to bf16).
+- `quantize="int8"`: fbgemm's dynamic int8 product or the weight-only int8 product (quant.py).
+- `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py).
 
-Embeddings and layer norms are never quantized; a tied lm_head gets its own int8 copy so the embedding
-lookup keeps full precision.
+Embeddings and layer norms are never quantized; a tied lm_head gets its own quantized copy so the
+embedding lookup keeps full precision. Each weight is quantized and its bf16 original freed before the
+next, so memory never holds the model twice.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -31,9 +27,15 @@ from torch import nn
 
 from ..errors import InputError
 from .device import cpu_has_native_bf16
+from .kernels import PROBE_MAX_OUT, Choices, choose, parse_forced
+from .quant import DynamicInt8Linear, Int4Linear, QuantizedLinear, WeightOnlyInt8Linear, int4_fits
 
-QUANTIZATIONS = ("none", "int8")
-UPCAST_MIN_ROWS = 8  # below this many rows a product is bound by memory: keep the compact format
+QUANTIZATIONS = ("none", "int8", "int4")
+UPCAST_MIN_ROWS = 8  # below this many rows a product is bound by memory: the decode path
+# Models whose matrices hold fewer bytes are not measured (the tiny model: its first completion must not
+# wait for a probe, and its products take microseconds whichever path runs them).
+PROBE_MIN_BYTES = 64 << 20
+Plan = dict[tuple[int, int], dict[str, str]]  # weight shape (N, K) -> role -> path
 
 
 class Scratch:
@@ -65,115 +67,179 @@ def _onednn_inner_product() -> Callable | None:
 
 
 class UpcastLinear(nn.Module):
-    """bf16/fp16 weights on a CPU: few rows through oneDNN's inner product (bf16) or `F.linear` (fp16, which
-    oneDNN's inner product refuses without AVX-NE-CONVERT); many rows in fp32 through `scratch`, or as
-    they are when `scratch` is None (native bf16 arithmetic)."""
+    """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, bf16 only, or `linear`), many rows by
+    `prefill` (`upcast`: fp32 through `scratch`; `linear`: as they are)."""
 
-    def __init__(self, linear: nn.Linear, scratch: Scratch | None) -> None:
+    def __init__(self, linear: nn.Linear, scratch: Scratch, decode: str = "linear", prefill: str = "upcast"):
         super().__init__()
         self.weight = linear.weight  # kept as is: a tied lm_head still shares the embedding
         self.bias = linear.bias
         self.scratch = scratch
-        self.inner_product = _onednn_inner_product() if self.weight.dtype == torch.bfloat16 else None
+        self.decode, self.prefill = decode, prefill
+        self.inner_product = _onednn_inner_product() if decode == "onednn" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < UPCAST_MIN_ROWS and self.inner_product is not None:
-            return self.inner_product(x, self.weight, self.bias, "none", [], "")
-        if rows < UPCAST_MIN_ROWS or self.scratch is None:
+        if rows < UPCAST_MIN_ROWS:
+            if self.inner_product is not None:
+                return self.inner_product(x, self.weight, self.bias, "none", [], "")
+            return F.linear(x, self.weight, self.bias)
+        if self.prefill == "linear":
             return F.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.float()
         return F.linear(x.float(), self.scratch.fp32(self.weight), bias).to(x.dtype)
-
-
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one fp32 scale per output row: (int8 weight, scales)."""
-    w = weight.float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scales
-
-
-class DynamicInt8Linear(nn.Module):
-    """fbgemm's dynamic int8 product; takes and returns fp32."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        q, scales = quantize_per_channel(linear.weight)
-        zero = torch.zeros(q.shape[0], dtype=torch.long)
-        with (
-            warnings.catch_warnings()
-        ):  # quantized tensors are deprecated in favour of torchao (not a dependency)
-            warnings.simplefilter("ignore")
-            qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.weight_bytes = q.numel()
-        # 8-bit activations are exact in VNNI's int32 accumulation; older x86 needs 7 bits to avoid overflow
-        self.reduce_range = not getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
-
-
-class WeightOnlyInt8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        q, scales = quantize_per_channel(linear.weight)
-        dtype = linear.weight.dtype
-        self.register_buffer("qweight", q)
-        self.register_buffer("scales", scales.to(dtype))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
-        self.weight_bytes = q.numel() + scales.numel() * scales.element_size()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        out = torch.ops.aten._weight_int8pack_mm(
-            x.reshape(-1, shape[-1]), self.qweight, self.scales.to(x.dtype)
-        )
-        out = out.reshape(*shape[:-1], -1)
-        return out + self.bias if self.bias is not None else out
 
 
 def dynamic_int8_available(device: torch.device) -> bool:
     return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
 
 
-def prepare(model: nn.Module, quantize: str = "none") -> str:
-    """Swap the model's nn.Linear layers for the kernels chosen here; returns a short description."""
+def linear_shapes(model: nn.Module) -> tuple[list[tuple[int, int]], int]:
+    """The distinct (out, in) shapes of the model's matrix products, largest first, and their weights'
+    total bytes in the model's dtype (works on the meta device too)."""
+    weights = [m.weight for m in model.modules() if type(m) is nn.Linear]
+    shapes = sorted({tuple(w.shape) for w in weights}, key=lambda s: -s[0] * s[1])
+    return shapes, sum(w.numel() for w in weights) * model.dtype.itemsize  # type: ignore[return-value]
+
+
+def plan_kernels(
+    shapes: list[tuple[int, int]],
+    quantize: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    kernels: str | None = None,
+    remember: bool = True,
+    weight_bytes: int | None = None,
+) -> Plan:
+    """The path of every role each shape needs, forced by `kernels` (else `$SC2_KERNELS`), remembered, or
+    measured on stand-in weights of that shape (kernels.py); models of fewer than `PROBE_MIN_BYTES` of
+    `weight_bytes` take unmeasured defaults. Only CPUs have choices."""
     if quantize not in QUANTIZATIONS:
         raise InputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
+    forced = parse_forced(kernels)
+    if device.type != "cpu" or quantize == "int4":
+        return {shape: {} for shape in shapes}
+    choices = Choices() if remember else None
+    plan: Plan = {}
+    roles = ["int8"] if quantize == "int8" else ["decode", "prefill"] if dtype != torch.float32 else []
+    small = weight_bytes is not None and weight_bytes < PROBE_MIN_BYTES
+    for shape in shapes:
+        plan[shape] = {}
+        for role in roles:
+            available = _available(role, dtype)
+            make = functools.partial(CANDIDATES[role], _stand_in(shape, dtype), available)
+            default = _default(role, available) if small else None
+            plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default)
+    if choices is not None:
+        choices.save()
+    return plan
+
+
+def _available(role: str, dtype: torch.dtype) -> list[str]:
+    """The paths of `role` this CPU and build can run for weights of `dtype`."""
+    if role == "decode":
+        return ["linear"] + (["onednn"] if dtype == torch.bfloat16 and _onednn_inner_product() else [])
+    if role == "prefill":
+        return ["linear", "upcast"]
+    paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
+        ["weight-only"] if dtype != torch.float32 else []
+    )
+    if not paths:
+        raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
+    return paths
+
+
+def _default(role: str, available: list[str]) -> str:
+    """The unmeasured path for small models: what is right on most CPUs, the first available otherwise."""
+    preferred = {"decode": "onednn", "prefill": "linear" if cpu_has_native_bf16() else "upcast"}
+    return preferred.get(role) if preferred.get(role) in available else available[0]
+
+
+def _stand_in(shape: tuple[int, int], dtype: torch.dtype) -> Callable[[], nn.Linear]:
+    """A layer of `shape` (at most `PROBE_MAX_OUT` rows) to time kernels on, made only when measured:
+    dense kernels ignore the values."""
+    return lambda: _as_linear(torch.full((min(shape[0], PROBE_MAX_OUT), shape[1]), 0.02, dtype=dtype))
+
+
+def _as_linear(weight: torch.Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    return linear
+
+
+def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
+    weight = layer().weight
+    paths = {"linear": lambda x: F.linear(x, weight)}
+    if "onednn" in available:
+        paths["onednn"] = lambda x: _onednn_inner_product()(x, weight, None, "none", [], "")
+    return paths
+
+
+def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
+    weight, scratch = layer().weight, Scratch()
+    return {
+        "linear": lambda x: F.linear(x, weight),
+        "upcast": lambda x: F.linear(x.float(), scratch.fp32(weight)).to(x.dtype),
+    }
+
+
+def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
+    linear = layer()
+    kinds = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}
+    return {path: kinds[path].from_linear(linear) for path in available}
+
+
+CANDIDATES = {"decode": _decode_candidates, "prefill": _prefill_candidates, "int8": _int8_candidates}
+
+
+def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) -> str:
+    """Swap the model's nn.Linear layers for the kernels `plan` names (planned here when None); returns a
+    short description."""
     device, dtype = model.device, model.dtype
-    if quantize == "int8":
-        return _quantize_int8(model, device, dtype)
+    if plan is None:
+        shapes, weight_bytes = linear_shapes(model)
+        plan = plan_kernels(shapes, quantize, device, dtype, weight_bytes=weight_bytes)
     name = str(dtype).removeprefix("torch.")
+    if quantize != "none":
+        kinds = _swap(model, lambda linear: quantized_linear(linear, quantize, plan))
+        return f"{' + '.join(sorted(kinds))} weights"
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        scratch = None if cpu_has_native_bf16() else Scratch()
-        _swap(model, lambda linear: UpcastLinear(linear, scratch))
-        return f"{name} weights, prompts multiplied in fp32" if scratch else name
+        scratch = Scratch()
+        paths = _swap(model, lambda linear: _upcast(linear, scratch, plan))
+        return f"{name} weights ({', '.join(sorted(paths))})"
     return name
 
 
-def _quantize_int8(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str:
-    if dynamic_int8_available(device):
-        _swap(model, DynamicInt8Linear)
-        _to_fp32(model)  # fbgemm works on fp32 activations: embeddings and norms stay in full precision
-        return "int8 weights and activations (fbgemm)"
-    if dtype == torch.float32:
+def quantized_linear(linear: nn.Linear, quantize: str, plan: Plan) -> QuantizedLinear:
+    """`linear` quantized by the scheme and the path the plan gives its shape; a shape tinygemm cannot pack
+    (only in toy models) takes int8 weights under int4."""
+    if quantize == "int4" and int4_fits(tuple(linear.weight.shape), linear.weight.device):
+        return Int4Linear.from_linear(linear)
+    if quantize == "int4":
+        return WeightOnlyInt8Linear.from_linear(linear)
+    if plan.get(tuple(linear.weight.shape), {}).get("int8") == "dynamic":
+        return DynamicInt8Linear.from_linear(linear)
+    if linear.weight.dtype == torch.float32:
         raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
-    _swap(model, WeightOnlyInt8Linear)
-    return "int8 weights"
+    return WeightOnlyInt8Linear.from_linear(linear)
 
 
-def _to_fp32(model: nn.Module) -> None:
-    """New fp32 parameters (not an in-place cast: other holders of the old tensors keep them as they were)."""
-    for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            setattr(module, name, nn.Parameter(p.detach().float(), requires_grad=False))
+def _upcast(linear: nn.Linear, scratch: Scratch, plan: Plan) -> UpcastLinear:
+    paths = plan.get(tuple(linear.weight.shape), {})
+    return UpcastLinear(linear, scratch, paths.get("decode", "linear"), paths.get("prefill", "upcast"))
 
 
-def _swap(model: nn.Module, make) -> None:
-    for parent in list(model.modules()):
+def _swap(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> set[str]:
+    """Replace each nn.Linear by `make(linear)`, one at a time so each original can be freed before the
+    next is made; returns the kinds made (for the description)."""
+    kinds = set()
+    parents = [m for m in model.modules() if any(type(c) is nn.Linear for c in m.children())]
+    parents.sort(key=lambda m: m is model)  # lm_head last: a tied head's copy frees nothing, the rest do
+    for parent in parents:  # not the layers themselves: a list of them would keep every original alive
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, make(child))
+                made = make(child)
+                setattr(parent, name, made)
+                kinds.add(getattr(made, "kind", "") or f"decode {made.decode}, prompts {made.prefill}")
+                del child, made
+    return kinds

@@ -1,4 +1,4 @@
-"""The kernels `prepare` picks: same numbers as plain layers (fp32 upcast), int8 close to unquantized."""
+"""The kernels `prepare` picks: every path, pinned, against an fp32 reference; int8/int4 close to unquantized."""
 
 from __future__ import annotations
 
@@ -8,20 +8,31 @@ import torch.nn.functional as F
 from torch import nn
 
 import sc2cli
+from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.errors import InputError
-from sc2cli.model import linear as kernels
 from sc2cli.model.linear import (
-    DynamicInt8Linear,
     Scratch,
     UpcastLinear,
-    WeightOnlyInt8Linear,
     _onednn_inner_product,
     dynamic_int8_available,
+    plan_kernels,
     prepare,
+)
+from sc2cli.model.quant import (
+    KINDS,
+    DynamicInt8Linear,
+    Int4Linear,
+    QuantizedLinear,
+    WeightOnlyInt8Linear,
+    quantize_int4,
     quantize_per_channel,
 )
 
 from ..checkpoints import write_tiny_model
+
+DECODE_PATHS = ["linear", pytest.param("onednn", marks=pytest.mark.skipif(
+    _onednn_inner_product() is None, reason="this build or CPU has no oneDNN bf16 inner product"))]  # fmt: skip
+no_fbgemm = pytest.mark.skipif(not dynamic_int8_available(torch.device("cpu")), reason="no fbgemm")
 
 
 def layer(dtype=torch.bfloat16, out=96, inp=64) -> nn.Linear:
@@ -32,50 +43,39 @@ def layer(dtype=torch.bfloat16, out=96, inp=64) -> nn.Linear:
     return linear
 
 
-def test_upcast_equals_bf16_arithmetic_for_prompts_and_stays_compact_for_decode():
+def fp32_reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.float(), linear.weight.float(), linear.bias.float())
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+def test_upcast_prompts_equal_bf16_arithmetic_and_keep_one_copy_of_the_weight():
     linear = layer()
-    fast = UpcastLinear(linear, Scratch())
+    fast = UpcastLinear(linear, Scratch(), decode="linear", prefill="upcast")
     prompt = torch.randn(2, 16, 64).bfloat16()
-    expected = F.linear(prompt.float(), linear.weight.float(), linear.bias.float()).bfloat16()
-    assert torch.equal(fast(prompt), expected)  # fp32 accumulation, rounded once to bf16
-    assert fast(prompt).dtype == torch.bfloat16
-    token = torch.randn(1, 1, 64).bfloat16()
-    torch.testing.assert_close(fast(token), linear(token), atol=1e-2, rtol=1e-2)
-    assert fast.weight is linear.weight  # no second copy of the weights
+    assert torch.equal(fast(prompt), fp32_reference(linear, prompt).bfloat16())  # fp32 sums, rounded once
+    assert fast.weight is linear.weight
 
 
-@pytest.mark.skipif(
-    _onednn_inner_product() is None, reason="this build or CPU has no oneDNN bf16 inner product"
-)
-@pytest.mark.parametrize("shape", [(1, 1, 64), (1, 64), (3, 64)], ids=["token", "row", "few-rows"])
-def test_bf16_decode_runs_on_onednn_with_the_same_numbers(shape):
+@pytest.mark.parametrize("decode", DECODE_PATHS)
+@pytest.mark.parametrize("prefill", ["linear", "upcast"])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (3, 64), (2, 16, 64)], ids=["token", "few-rows", "prompt"])
+def test_every_bf16_path_matches_fp32(decode, prefill, shape):
     linear = layer(out=300, inp=64)
-    fast = UpcastLinear(linear, Scratch())
-    assert fast.inner_product is not None
+    fast = UpcastLinear(linear, Scratch(), decode=decode, prefill=prefill)
+    assert (fast.inner_product is not None) == (decode == "onednn")
     x = torch.randn(shape).bfloat16()
-    expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
     out = fast(x)
     assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 300)
-    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=1e-2)  # bf16 rounding of the result
-    torch.testing.assert_close(out, linear(x), atol=0.05, rtol=1e-2)
+    torch.testing.assert_close(out.float(), fp32_reference(linear, x), atol=0.05, rtol=1e-2)
 
 
-def test_bf16_decode_falls_back_to_the_plain_product_where_onednn_cannot(monkeypatch):
-    monkeypatch.setattr(kernels, "_onednn_inner_product", lambda: None)
-    fast = UpcastLinear(layer(), Scratch())
-    token = torch.randn(1, 1, 64).bfloat16()
-    assert fast.inner_product is None
-    assert torch.equal(fast(token), F.linear(token, fast.weight, fast.bias))
-
-
-def test_fp16_and_native_bf16_prompts_use_the_plain_product():
-    half = UpcastLinear(layer(torch.float16), Scratch())
-    assert half.inner_product is None  # fp16 stays on F.linear: oneDNN refuses it without AVX-NE-CONVERT
+def test_fp16_weights_decode_through_the_plain_product():
+    half = UpcastLinear(layer(torch.float16), Scratch(), decode="linear", prefill="linear")
     token = torch.randn(1, 1, 64).half()
     torch.testing.assert_close(half(token)[0, 0], half.weight @ token[0, 0] + half.bias, atol=2e-2, rtol=1e-2)
-    native = UpcastLinear(layer(), None)
-    prompt = torch.randn(2, 16, 64).bfloat16()
-    assert torch.equal(native(prompt), F.linear(prompt, native.weight, native.bias))
 
 
 def test_scratch_is_reused():
@@ -85,73 +85,127 @@ def test_scratch_is_reused():
     assert a.data_ptr() == b.data_ptr()
 
 
-def test_per_channel_quantization_round_trips():
+def test_per_channel_quantization_round_trips_in_chunks(monkeypatch):
+    import sc2cli.model.quant as quant
+
+    monkeypatch.setattr(quant, "block_rows", lambda k: 7)  # several blocks, the last one short
     w = torch.randn(32, 64)
     q, scales = quantize_per_channel(w)
     assert q.dtype == torch.int8 and q.abs().max() <= 127
     assert ((q.float() * scales[:, None]) - w).abs().max() <= scales.max() / 2 + 1e-6
 
 
-@pytest.mark.skipif(not dynamic_int8_available(torch.device("cpu")), reason="fbgemm is not available")
-def test_dynamic_int8_is_close():
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_codes_round_trip_within_half_a_step(monkeypatch, group):
+    import sc2cli.model.quant as quant
+
+    monkeypatch.setattr(quant, "block_rows", lambda k: 5)
+    w = torch.randn(24, 256)
+    codes, sz = quantize_int4(w, group)  # sz (K/group, N, 2)
+    assert codes.min() >= 0 and codes.max() <= 15 and sz.shape == (256 // group, 24, 2)
+    scale = sz[..., 0].t().repeat_interleave(group, 1)  # (N, K)
+    zero = sz[..., 1].t().repeat_interleave(group, 1)
+    restored = (codes - 8) * scale + zero
+    assert ((restored - w).abs() <= scale / 2 + 1e-5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_int4_product_is_the_product_of_its_dequantized_weight(dtype, rows):
+    linear = layer(dtype, 256, 512)
+    fast = Int4Linear.from_linear(linear)
+    codes, sz = quantize_int4(linear.weight)
+    scale, zero = (sz[..., i].t().repeat_interleave(fast.group, 1) for i in (0, 1))  # (N, K) each
+    dequantized = (codes - 8) * scale + zero
+    x = torch.randn(2, rows, 512).to(dtype)
+    out = fast(x)
+    assert out.dtype == dtype and out.shape == (2, rows, 256)
+    expected = F.linear(x.float(), dequantized.to(dtype).float(), linear.bias.float())
+    assert relative_error(out, expected) < 0.01
+    assert relative_error(out, fp32_reference(linear, x)) < 0.15  # 4 bits: ~1/15 of a group's range
+
+
+@no_fbgemm
+def test_dynamic_int8_is_close_to_fp32():
     linear = layer(torch.float32, 256, 512)
     x = torch.randn(3, 512)
-    got, want = DynamicInt8Linear(linear)(x), linear(x)
-    assert (got - want).norm() / want.norm() < 0.02
+    assert relative_error(DynamicInt8Linear.from_linear(linear)(x), fp32_reference(linear, x)) < 0.02
 
 
-def test_weight_only_int8_is_close():
+def test_weight_only_int8_is_close_to_fp32():
     linear = layer(torch.bfloat16, 256, 512)
     x = torch.randn(3, 512).bfloat16()
-    got, want = WeightOnlyInt8Linear(linear)(x).float(), linear(x).float()
-    assert (got - want).norm() / want.norm() < 0.02
+    assert relative_error(WeightOnlyInt8Linear.from_linear(linear)(x), fp32_reference(linear, x)) < 0.02
 
 
-@pytest.mark.parametrize("fbgemm", [True, False], ids=["fbgemm", "weight-only"])
-def test_prepare_int8_keeps_embeddings_and_norms_in_full_precision(tmp_path, monkeypatch, fbgemm):
-    """Each int8 path forced (fbgemm where x86 has it, weight-only elsewhere), from bf16 weights."""
-    if fbgemm and not dynamic_int8_available(torch.device("cpu")):
-        pytest.skip("fbgemm is not available in this build of PyTorch")
-    monkeypatch.setattr(kernels, "dynamic_int8_available", lambda device: fbgemm)
+@pytest.mark.parametrize("kind", [pytest.param("int8-dynamic", marks=no_fbgemm), "int8-weight-only", "int4"])
+def test_a_quantized_layer_rebuilt_from_its_state_computes_the_same(kind):
+    linear = layer(torch.bfloat16, 128, 256)
+    made = KINDS[kind].from_linear(linear)
+    again = KINDS[kind].from_state({k: v.clone() for k, v in made.state().items()}, torch.bfloat16)
+    x = torch.randn(5, 256).bfloat16()
+    assert torch.equal(made(x), again(x))
+    assert made.weight_bytes < linear.weight.nbytes * (0.6 if kind.startswith("int8") else 0.35)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_quantizing_keeps_embeddings_and_norms_in_full_precision(tmp_path, quantize):
     folder = write_tiny_model(tmp_path / "m", seed=2)
-    model = sc2cli.load_model(folder, quantize="int8", dtype="bf16", device="cpu")
-    kinds = {type(m) for m in model.modules()}
-    assert nn.Linear not in kinds and (DynamicInt8Linear if fbgemm else WeightOnlyInt8Linear) in kinds
-    full = torch.float32 if fbgemm else torch.bfloat16  # fbgemm takes fp32 activations: the rest follows
-    assert model.model.embed_tokens.weight.dtype == model.model.norm.weight.dtype == full
+    model = load_checkpoint(folder, quantize=quantize, dtype="bf16", device="cpu")
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16 == model.model.norm.weight.dtype
+    expected = Int4Linear if quantize == "int4" else (DynamicInt8Linear, WeightOnlyInt8Linear)
+    assert isinstance(model.model.layers[0].mlp.c_fc, expected)
+    assert isinstance(model.lm_head, QuantizedLinear)  # its own copy: a vocabulary of 300 rows takes int8
     reference = sc2cli.load_model(folder, dtype="fp32", device="cpu")
     ids = torch.randint(0, 100, (1, 24))
     with torch.no_grad():
         a, b = model(ids).float(), reference(ids)
-    assert (a - b).norm() / b.norm() < 0.05
+    assert relative_error(a, b) < (0.05 if quantize == "int8" else 0.3)  # random weights: ~10% per int4 layer
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["emulated-bf16", "native-bf16"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_prepare_upcasts_prompts_only_without_native_bf16(monkeypatch, native, dtype):
-    """Both branches, whatever this CPU has: prompts go through the fp32 scratch only where bf16 is emulated."""
-    monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda: native)
-    model = nn.Sequential(layer(dtype), layer(dtype, out=64, inp=96))
-    model.device, model.dtype = torch.device("cpu"), dtype
-    described = prepare(model)
-    upcast = [m for m in model.modules() if isinstance(m, UpcastLinear)]
-    assert len(upcast) == 2 and not any(type(m) is nn.Linear for m in model.modules())
-    assert all((m.scratch is None) == native for m in upcast)
-    assert upcast[0].scratch is upcast[1].scratch  # one scratch buffer for every layer
-    assert ("prompts multiplied in fp32" in described) != native
-    prompt = torch.randn(2, 16, 64).to(dtype)
-    plain = F.linear(F.linear(prompt, upcast[0].weight, upcast[0].bias), upcast[1].weight, upcast[1].bias)
-    torch.testing.assert_close(model(prompt).float(), plain.float(), atol=0.1, rtol=0.02)
+@pytest.mark.parametrize("path", [pytest.param("dynamic", marks=no_fbgemm), "weight-only"])
+def test_forced_int8_path_is_the_one_used(tmp_path, monkeypatch, path):
+    folder = write_tiny_model(tmp_path / "m", seed=2)
+    monkeypatch.setenv("SC2_KERNELS", f"int8={path}")
+    model = sc2cli.load_model(folder, quantize="int8", dtype="bf16", device="cpu")
+    assert {type(m) for m in model.modules()} & set(KINDS.values()) == {KINDS[f"int8-{path}"]}
 
 
-def test_prepare_leaves_fp32_as_it_is(monkeypatch):
-    for native in (False, True):
-        monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda native=native: native)
-        model = nn.Sequential(layer(torch.float32))
-        model.device, model.dtype = torch.device("cpu"), torch.float32
-        assert prepare(model) == "float32" and type(model[0]) is nn.Linear
+def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    measured = []
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "linear"
+    )
+    plan = plan_kernels(
+        [(96, 64)], "none", torch.device("cpu"), torch.bfloat16, "prefill=upcast", remember=False
+    )
+    assert plan[(96, 64)]["prefill"] == "upcast"
+    assert plan[(96, 64)]["decode"] == "linear"
+    assert measured == ([["linear", "onednn"]] if _onednn_inner_product() else [])
 
 
-def test_unknown_quantization_is_refused(tmp_path):
+def test_small_models_are_not_measured(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    monkeypatch.setattr(kernels, "fastest", lambda candidates, x: pytest.fail("measured a tiny model"))
+    plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=12288)
+    assert set(plan[(96, 64)]) == {"decode", "prefill"}
+
+
+def test_prepare_builds_what_the_plan_says():
+    model = nn.Sequential(nn.Linear(64, 96)).bfloat16()
+    model.device, model.dtype = torch.device("cpu"), torch.bfloat16  # what prepare reads of a Starcoder2
+    description = prepare(model, "none", {(96, 64): {"decode": "linear", "prefill": "linear"}})
+    assert isinstance(model[0], UpcastLinear) and (model[0].decode, model[0].prefill) == ("linear", "linear")
+    assert "decode linear, prompts linear" in description
+
+
+def test_unknown_quantization_and_kernel_choices_are_refused():
     with pytest.raises(InputError, match="unknown quantization"):
-        prepare(nn.Module(), "int3")
+        plan_kernels([], "int3", torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(InputError, match="unknown kernel choice 'decode=fast'"):
+        plan_kernels([], "none", torch.device("cpu"), torch.bfloat16, "decode=fast")
+

@@ -1,0 +1,161 @@
+"""Which kernel runs each kind of matrix product, chosen by measuring the candidates on this machine.
+
+The fastest path differs between CPUs (a bf16 product through oneDNN's inner product reads weights ~1.5x
+faster than `F.linear` on one machine and no faster on another; fp32 upcasting of prompts wins by 4x
+without native bf16 and loses with it), so nothing here is a rule written for one CPU. A *role* is one
+decision with its candidate paths:
+
+- `decode`: bf16/fp16 weights times a few rows: `onednn` (mkldnn inner product) or `linear` (`F.linear`).
+- `prefill`: bf16/fp16 weights times a prompt's many rows: `linear` or `upcast` (fp32 through a scratch
+  copy of the weight, exactly bf16's arithmetic).
+- `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
+
+`choose` times each candidate on the model's own weights of each distinct shape (a few repetitions,
+interleaved) and remembers the winner per machine (CPU model and flags, threads) and torch version in
+`kernels.json` in the user cache folder, so the probe runs once per machine. `SC2_KERNELS` (or the
+`kernels` argument of `prepare`) forces paths: `auto`, a path name (`linear`), or `role=path` pairs
+(`decode=onednn,int8=weight-only`); roles it leaves out are measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .device import cache_folder
+
+ROLES: dict[str, tuple[str, ...]] = {
+    "decode": ("onednn", "linear"),
+    "prefill": ("linear", "upcast"),
+    "int8": ("dynamic", "weight-only"),
+}
+PROBE_ROWS = {"decode": 1, "prefill": 16, "int8": 1}  # int8's layout serves both: decode dominates
+PROBE_REPS = 3
+# Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
+# longer depends on the row count, and the probe of a 3B model's shapes stays short.
+PROBE_MAX_OUT = 2048
+Kernel = Callable[[torch.Tensor], torch.Tensor]
+
+
+def parse_forced(spec: str | None) -> dict[str, str]:
+    """`auto`/None -> {}; `linear` -> every role that has it; `role=path,...` -> those roles."""
+    spec = (spec if spec is not None else os.environ.get("SC2_KERNELS", "auto")).strip().lower()
+    if spec in ("", "auto"):
+        return {}
+    forced: dict[str, str] = {}
+    for item in spec.split(","):
+        role, _, path = item.strip().rpartition("=")
+        roles = [role] if role else [r for r, paths in ROLES.items() if path in paths]
+        if not roles or any(r not in ROLES or path not in ROLES[r] for r in roles):
+            known = "; ".join(f"{r}={'|'.join(p)}" for r, p in ROLES.items())
+            raise InputError(f"unknown kernel choice {item.strip()!r}; use auto or role=path ({known})")
+        forced.update(dict.fromkeys(roles, path))
+    return forced
+
+
+def machine_key() -> str:
+    """What a measurement holds for: the CPU's model and flags, the thread count and torch's version."""
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == "model name":
+                    model = value.strip()
+                elif name.strip() == "flags" and not flags:
+                    flags = " ".join(sorted(f for f in value.split() if f.startswith(("avx", "amx", "fma"))))
+    except OSError:
+        pass
+    return f"{model} [{flags}] threads={torch.get_num_threads()} torch={torch.__version__}"
+
+
+class Choices:
+    """The remembered winners, `role (N, K)` -> path, for this machine; read once, saved when added to."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_folder() / "kernels.json"
+        self.key = machine_key()
+        self.all = _read_json(self.path)
+        self.mine: dict[str, str] = self.all.get(self.key, {})
+        self.added = False
+
+    def get(self, role: str, shape: tuple[int, int]) -> str | None:
+        path = self.mine.get(f"{role} {shape[0]}x{shape[1]}")
+        return path if path in ROLES[role] else None
+
+    def put(self, role: str, shape: tuple[int, int], path: str) -> None:
+        self.mine[f"{role} {shape[0]}x{shape[1]}"] = path
+        self.added = True
+
+    def save(self) -> None:
+        """Write the file again if a measurement was added (atomically: a reader never sees half of it)."""
+        if not self.added:
+            return
+        self.all[self.key] = self.mine
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.all, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only cache folder: measure again next time
+
+
+def _read_json(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()) else {}
+
+
+def fastest(candidates: dict[str, Kernel], x: torch.Tensor, reps: int = PROBE_REPS) -> str:
+    """The candidate with the lowest median time on `x`, timed interleaved after one warm-up each."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    with torch.inference_mode():
+        for fn in candidates.values():
+            fn(x)
+        for _ in range(reps):
+            for name, fn in candidates.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - start)
+    return min(times, key=lambda name: statistics.median(times[name]))
+
+
+def choose(
+    role: str,
+    shape: tuple[int, int],
+    available: list[str],
+    make: Callable[[], dict[str, Kernel]],
+    dtype: torch.dtype,
+    forced: dict[str, str],
+    choices: Choices | None,
+    default: str | None = None,
+) -> str:
+    """The path for `role` on weights of `shape` among the `available` ones: forced, else remembered, else
+    `default` when given (models too small for the choice to matter are not measured), else measured on
+    the kernels `make()` builds (and remembered; `choices` None: no memory). A forced path this machine
+    lacks is treated like `auto`; a single candidate needs no measurement."""
+    if forced.get(role) in available:
+        return forced[role]
+    if len(available) == 1:
+        return available[0]
+    remembered = choices.get(role, shape) if choices else None
+    if remembered in available:
+        return remembered
+    if default in available:
+        return default
+    x = torch.randn(PROBE_ROWS[role], shape[1], generator=torch.Generator().manual_seed(0)).to(dtype)
+    winner = fastest(make(), x)
+    if choices is not None:
+        choices.put(role, shape, winner)
+    return winner

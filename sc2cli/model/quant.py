@@ -1,0 +1,257 @@
+"""Quantized matrix products: int8 and int4 weights, quantized from a loaded `nn.Linear` or rebuilt from the
+tensors a packed-weight cache stored (`state()` / `from_state`), so a model is quantized once per machine.
+
+- `DynamicInt8Linear`: int8 weights, one scale per output channel; activations quantized per row on the
+  fly and multiplied in int8 by fbgemm (x86 CPUs; VNNI where present).
+- `WeightOnlyInt8Linear`: the same int8 weights, bf16/fp16 activations (`aten._weight_int8pack_mm`).
+- `Int4Linear`: 4-bit weights with an fp scale and zero point per group of `INT4_GROUP` inputs, through
+  PyTorch's own tinygemm kernels (`aten._weight_int4pack_mm_for_cpu` on CPUs, `_weight_int4pack_mm` on
+  CUDA), for single tokens and prompts alike.
+
+Every quantizer works on a block of output rows at a time, so its fp32 temporaries stay small next to
+the weights: peak memory while quantizing stays near the bf16 model.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import warnings
+
+import torch
+from torch import nn
+
+QUANT_ELEMENTS = 1 << 19  # weights quantized (and int4-packed) at once: fp32 temporaries of 2 MB
+PACK_BLOCK = 64  # rows tinygemm's CPU layout packs together (checked at run time, not assumed)
+# Inputs sharing one int4 scale and zero point. 32, 64 and 128 decode at the same speed within noise on
+# the machines measured (the scales are 3-13% of the packed bytes); 64 keeps agreement with bf16 closer
+# than 128 on the tiny model's held-out code (see the report of issue 20).
+INT4_GROUP = 64
+INT4_INNER_K_TILES = 8  # tinygemm's CUDA layout: in_features must be a multiple of 16 * this
+
+
+def block_rows(in_features: int) -> int:
+    """Output rows quantized at once: about `QUANT_ELEMENTS` weights, a multiple of `PACK_BLOCK` rows."""
+    return max(PACK_BLOCK, QUANT_ELEMENTS // in_features // PACK_BLOCK * PACK_BLOCK)
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one fp32 scale per output row: (int8 weight (N, K), scales (N,))."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    rows = block_rows(weight.shape[1])
+    for start in range(0, weight.shape[0], rows):
+        w = weight[start : start + rows].detach().to(torch.float32, copy=True)  # (n, K)
+        s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        q[start : start + rows] = w.div_(s[:, None]).round_().clamp_(-127, 127)
+        scales[start : start + rows] = s
+    return q, scales
+
+
+def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit per group of `group` inputs: (codes int32 (N, K) in 0..15, scales_and_zeros
+    (K/group, N, 2) fp32) with weight ≈ (code - 8) * scale + zero, tinygemm's convention."""
+    N, K = weight.shape
+    if K % group:
+        raise ValueError(f"int4 needs in_features ({K}) divisible by the group size {group}")
+    codes = torch.empty(N, K, dtype=torch.int32, device=weight.device)
+    scales_and_zeros = torch.empty(K // group, N, 2, dtype=torch.float32, device=weight.device)
+    rows = block_rows(K)
+    for start in range(0, N, rows):
+        w = weight[start : start + rows].detach().to(torch.float32, copy=True)  # (n, K): never the original
+        w = w.view(-1, K // group, group)  # (n, G, group)
+        low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale = (high - low).clamp(min=1e-6) / 15
+        scales_and_zeros[:, start : start + rows, 0] = scale[..., 0].t()
+        scales_and_zeros[:, start : start + rows, 1] = (low + 8 * scale)[..., 0].t()
+        codes[start : start + rows] = w.sub_(low).div_(scale).round_().clamp_(0, 15).view(-1, K)
+    return codes, scales_and_zeros
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """tinygemm's packed layout for this device: CPU (N, K/2) uint8, CUDA int32 tiles."""
+    if codes.device.type == "cuda":
+        pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)  # (N, K/2)
+        return torch.ops.aten._convert_weight_to_int4pack(pairs, INT4_INNER_K_TILES)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+
+
+@functools.cache
+def cpu_packing_splits_by_rows() -> bool:
+    """Whether the CPU layout packs blocks of `PACK_BLOCK` rows independently (checked here, on a short
+    tail block too, rather than assumed), so a large weight can be packed block by block instead of
+    through an int32 copy of all its codes (2x its bf16 bytes)."""
+    codes = torch.randint(0, 16, (3 * PACK_BLOCK + 16, 128), generator=torch.Generator().manual_seed(0))
+    codes = codes.to(torch.int32)
+    blocks = [pack_int4(codes[start : start + PACK_BLOCK]) for start in range(0, len(codes), PACK_BLOCK)]
+    return torch.equal(pack_int4(codes), torch.cat(blocks))
+
+
+def quantize_and_pack_int4(
+    weight: torch.Tensor, group: int = INT4_GROUP
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed weight, scales_and_zeros (K/group, N, 2) fp32), a block of rows at a time on CPUs where the
+    layout allows it."""
+    if weight.device.type == "cuda" or not cpu_packing_splits_by_rows():
+        codes, scales_and_zeros = quantize_int4(weight, group)
+        return pack_int4(codes), scales_and_zeros
+    N, K = weight.shape
+    packed = torch.empty(N, K // 2, dtype=torch.uint8)
+    scales_and_zeros = torch.empty(K // group, N, 2, dtype=torch.float32)
+    rows = block_rows(K)
+    for start in range(0, N, rows):
+        codes, sz = quantize_int4(weight[start : start + rows], group)
+        packed[start : start + rows] = pack_int4(codes)
+        scales_and_zeros[:, start : start + rows] = sz
+    return packed, scales_and_zeros
+
+
+def int4_fits(shape: tuple[int, int], device: torch.device, group: int = INT4_GROUP) -> bool:
+    """Whether tinygemm packs a weight of `shape` (N, K) here: N a multiple of 16 on CPUs (8 on CUDA, where
+    K must also fill whole tiles) and K of the group size. Every StarCoder2 matrix does."""
+    N, K = shape
+    if device.type == "cuda":
+        return N % 8 == 0 and K % (16 * INT4_INNER_K_TILES) == 0 and K % group == 0
+    return N % 16 == 0 and K % group == 0
+
+
+def int4_layout(device: torch.device) -> str:
+    """Names the packed layout, part of the packed-weight cache's key (it differs between devices)."""
+    return f"tinygemm-cuda-k{INT4_INNER_K_TILES}" if device.type == "cuda" else "tinygemm-cpu"
+
+
+class QuantizedLinear(nn.Module, abc.ABC):
+    """A quantized product whose whole state is its tensors: `state()` to store, `from_state` to rebuild."""
+
+    kind = ""
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes one product reads from memory: the packed weight and its scales (and bias)."""
+        return sum(t.numel() * t.element_size() for t in self.state().values())
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> QuantizedLinear: ...
+
+
+class DynamicInt8Linear(QuantizedLinear):
+    """fbgemm's dynamic int8 product; multiplies fp32, returns the input's dtype."""
+
+    kind = "int8-dynamic"
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        zero = torch.zeros(q.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.float())
+        # 8-bit activations are exact in VNNI's int32 accumulation; older x86 needs 7 bits to avoid overflow
+        self.reduce_range = not getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> DynamicInt8Linear:
+        q, scales = quantize_per_channel(linear.weight)
+        return cls(q, scales, None if linear.bias is None else linear.bias.detach())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Unpacked from fbgemm's layout (only the packed copy is kept in memory)."""
+        qweight, bias = torch.ops.quantized.linear_unpack(self.packed)
+        tensors = {"q": qweight.int_repr(), "scales": qweight.q_per_channel_scales().float()}
+        return tensors | ({} if bias is None else {"bias": bias})
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> DynamicInt8Linear:
+        return cls(state["q"], state["scales"], state.get("bias"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
+
+
+class WeightOnlyInt8Linear(QuantizedLinear):
+    """int8 weights times bf16/fp16 activations."""
+
+    kind = "int8-weight-only"
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.q, self.scales, self.bias = q, scales, bias
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> WeightOnlyInt8Linear:
+        q, scales = quantize_per_channel(linear.weight)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls(q, scales.to(linear.weight.dtype), bias)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q, "scales": self.scales} | ({} if self.bias is None else {"bias": self.bias})
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> WeightOnlyInt8Linear:
+        return cls(state["q"], state["scales"], state.get("bias"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.q, self.scales.to(x.dtype))
+        out = out.reshape(*shape[:-1], -1)
+        return out + self.bias if self.bias is not None else out
+
+
+class Int4Linear(QuantizedLinear):
+    """4-bit weights, a scale and zero per group of `INT4_GROUP` inputs; the activations are multiplied in
+    the scales' dtype (the model's on a CPU, bf16 on CUDA) and returned in their own."""
+
+    kind = "int4"
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None,
+                 in_features: int) -> None:  # fmt: skip
+        super().__init__()
+        self.packed, self.scales_and_zeros, self.bias = packed, scales_and_zeros, bias
+        self.in_features = in_features
+        self.out_features = scales_and_zeros.shape[1]
+        self.group = in_features // scales_and_zeros.shape[0]
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
+        packed, scales_and_zeros = quantize_and_pack_int4(linear.weight, group)
+        bias = None if linear.bias is None else linear.bias.detach()
+        dtype = torch.bfloat16 if linear.weight.device.type == "cuda" else linear.weight.dtype
+        return cls(packed, scales_and_zeros.to(dtype), bias, linear.in_features)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {"packed": self.packed, "scales_and_zeros": self.scales_and_zeros}
+        return tensors | ({} if self.bias is None else {"bias": self.bias})
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> Int4Linear:
+        in_features = state["scales_and_zeros"].shape[0] * _group_of(state)
+        return cls(state["packed"], state["scales_and_zeros"], state.get("bias"), in_features)
+
+    def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
+        sz = self.scales_and_zeros
+        if self.packed.device.type == "cuda":
+            return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2d = x.reshape(-1, shape[-1])  # (rows, K)
+        out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
+        return out + self.bias if self.bias is not None else out
+
+
+def _group_of(state: dict[str, torch.Tensor]) -> int:
+    """The group size a stored int4 weight was quantized with: a cache names it in its key, and the
+    packed tensor's shape gives in_features (CPU: (N, K/2); CUDA tiles: K = dim1 * tiles * 16)."""
+    packed, groups = state["packed"], state["scales_and_zeros"].shape[0]
+    in_features = packed.shape[1] * 2 if packed.dim() == 2 else packed.shape[1] * INT4_INNER_K_TILES * 16
+    return in_features // groups
+
+
+KINDS: dict[str, type[QuantizedLinear]] = {
+    cls.kind: cls for cls in (DynamicInt8Linear, WeightOnlyInt8Linear, Int4Linear)
+}
