@@ -9,7 +9,6 @@ double the peak). Pickled `*.bin` checkpoints are refused: loading them runs arb
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import os
@@ -24,9 +23,11 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.attention import select_backend
 from ..model.device import resolve_device, resolve_dtype
-from ..model.linear import QUANTIZATIONS, prepare
+from ..model.linear import QUANTIZATIONS, Plan, linear_shapes, plan_kernels, prepare
 from ..model.model import Starcoder2
+from ..model.quant import INT4_GROUP, KINDS, int4_layout
 from .layout import checkpoint_files, read_config
+from .packed import packed_path, read_packed, tensor_bytes, write_packed
 from .safetensors import TensorEntry, checkpoint_entries
 
 SAFETENSORS_DTYPES = {
@@ -43,9 +44,12 @@ IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
-def match_parameters(model: nn.Module, entries: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
-    """Pair every parameter with its tensor, or say which tensor is missing, unexpected or mis-shaped."""
-    params = dict(model.named_parameters())  # a tied lm_head is listed once, as the embedding
+def match_parameters(
+    model: nn.Module, entries: dict[str, TensorEntry], skip: frozenset[str] = frozenset()
+) -> dict[str, TensorEntry]:
+    """Pair every parameter (but those in `skip`, which come from elsewhere) with its tensor, or say which
+    tensor is missing, unexpected or mis-shaped."""
+    params = {n: p for n, p in model.named_parameters() if n not in skip}  # a tied lm_head: listed once
     tied_head = "lm_head.weight" not in params
     missing = [n for n in params if n not in entries]
     if missing:
@@ -53,7 +57,12 @@ def match_parameters(model: nn.Module, entries: dict[str, TensorEntry]) -> dict[
         where = ", ".join(sorted({e.path.name for e in entries.values()})) or "the checkpoint"
         raise CheckpointError(f"missing tensor {missing[0]}{more} in {where}")
     for name, entry in entries.items():
-        if name in params or name.endswith(IGNORED_SUFFIXES) or (tied_head and name == "lm_head.weight"):
+        if (
+            name in params
+            or name in skip
+            or name.endswith(IGNORED_SUFFIXES)
+            or (tied_head and name == "lm_head.weight")
+        ):
             continue
         raise CheckpointError(f"{entry.path}: unexpected tensor {name} (not part of a StarCoder2 model)")
     for name, param in params.items():
@@ -63,11 +72,6 @@ def match_parameters(model: nn.Module, entries: dict[str, TensorEntry]) -> dict[
                 f"but config.json implies {list(param.shape)}"
             )
     return {name: entries[name] for name in params}
-
-
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    """A writable view of a contiguous CPU tensor's memory, for `readinto` (no numpy needed)."""
-    return memoryview((ctypes.c_ubyte * t.nbytes).from_address(t.data_ptr())).cast("B")
 
 
 def _read_exact(f: BinaryIO, view: memoryview, entry: TensorEntry) -> None:
@@ -125,7 +129,7 @@ def read_tensor_into(
     step = (staging.numel() // itemsize) * itemsize
     for offset in range(0, entry.end - entry.begin, step):
         n = min(step, entry.end - entry.begin - offset)
-        _read_exact(f, _as_bytes(staging)[:n], entry)
+        _read_exact(f, tensor_bytes(staging)[:n], entry)
         flat[offset // itemsize : (offset + n) // itemsize].copy_(staging[:n].view(dtype))
         tick(n)
 
@@ -137,9 +141,11 @@ def load_weights(
     device: torch.device,
     dtype: torch.dtype,
     progress: Progress | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> None:
-    """Replace the meta parameters of `model` by the checkpoint's tensors, in `dtype` on `device`."""
-    plan = match_parameters(model, checkpoint_entries(files))
+    """Replace the meta parameters of `model` (but those in `skip`) by the checkpoint's tensors, in `dtype`
+    on `device`."""
+    plan = match_parameters(model, checkpoint_entries(files), skip)
     total = sum(e.end - e.begin for e in plan.values())
     done = 0
 
@@ -182,10 +188,12 @@ def load_checkpoint(
     dtype: str | torch.dtype | None = None,
     attn: str = "auto",
     quantize: str = "none",
+    kernels: str | None = None,
     progress: Progress | None = None,
 ) -> Starcoder2:
     """Build the model described by `folder/config.json`, load its safetensors weights and pick the kernels
-    its matrix products run on (`quantize`: none or int8; see linear.py)."""
+    its matrix products run on (`quantize`: none, int8 or int4, packed once and cached; `kernels`: auto or
+    forced paths, see model/kernels.py)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such model folder")
@@ -194,16 +202,49 @@ def load_checkpoint(
     device = resolve_device(device)
     if quantize not in QUANTIZATIONS:
         raise CheckpointError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
-    if quantize == "int8" and dtype in (None, "", "auto") and device.type == "cpu":
-        dtype = "bf16"  # half the memory while quantizing; what stays unquantized ends in fp32
     dtype = resolve_dtype(dtype, device)
     backend = select_backend(attn, device, dtype)
     with torch.device("meta"):
         model = Starcoder2(config, attn=backend)
-    load_weights(model, files, device=device, dtype=dtype, progress=progress)
-    model.kernels = prepare(model, quantize)
+    shapes, weight_bytes = linear_shapes(model)
+    plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
+    if quantize == "none":
+        load_weights(model, files, device=device, dtype=dtype, progress=progress)
+        model.kernels = prepare(model, quantize, plan)
+    else:
+        model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
     model.checkpoint_dir = folder
     return model.eval()
+
+
+def load_quantized(
+    model: Starcoder2,
+    files: list[Path],
+    quantize: str,
+    plan: Plan,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+) -> str:
+    """Load and quantize `model`'s weights, its matrices from the packed-weight cache when it holds them
+    (then only embeddings and norms are read from the checkpoint), else quantized here and cached."""
+    linears = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(plan.items()),
+                   "int4": [INT4_GROUP, int4_layout(device)] if quantize == "int4" else None}  # fmt: skip
+    path, key = packed_path(files, description)
+    stored = read_packed(path, key, device)
+    if stored is None or set(stored) != set(linears):
+        load_weights(model, files, device=device, dtype=dtype, progress=progress)
+        kernels = prepare(model, quantize, plan)
+        modules = {name: model.get_submodule(name) for name in linears}
+        write_packed(path, key, {n: (m.kind, m.state()) for n, m in modules.items()})
+        return kernels
+    skip = frozenset(f"{name}.{p}" for name in linears for p in ("weight", "bias"))
+    load_weights(model, files, device=device, dtype=dtype, progress=progress, skip=skip)
+    for name, (kind, state) in stored.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, KINDS[kind].from_state(state, dtype))
+    return " + ".join(sorted({kind for kind, _ in stored.values()})) + " weights (packed-weight cache)"
 
 
 def save_checkpoint(model: Starcoder2, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -232,6 +273,6 @@ def save_checkpoint(model: Starcoder2, folder: str | Path, dtype: torch.dtype | 
         f.write(len(raw).to_bytes(8, "little") + raw)
         for p in params.values():
             tensor = p.detach().to("cpu", dtype).contiguous()
-            f.write(_as_bytes(tensor))
+            f.write(tensor_bytes(tensor))
     tmp.replace(folder / "model.safetensors")
     return folder

@@ -1,0 +1,150 @@
+"""The packed-weight cache: quantize once, load the packed weights after; never trust a damaged file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sc2cli.checkpoint import packed
+from sc2cli.checkpoint.load import load_checkpoint
+from sc2cli.model.config import ModelConfig
+from sc2cli.model.device import cache_folder
+
+from ..checkpoints import hub_config, write_hub_checkpoint, write_tiny_model
+
+SCHEMES = ["int8", "int4"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("m") / "tiny", seed=3)
+
+
+def load(folder, quantize, kernels="int8=weight-only"):
+    return load_checkpoint(folder, quantize=quantize, dtype="bf16", device="cpu", kernels=kernels)
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(torch.arange(3, 40)[None]).float()
+
+
+def cache_files():
+    return sorted((cache_folder() / "packed").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("quantize", SCHEMES)
+def test_the_second_load_reads_the_packed_weights_and_computes_the_same(folder, quantize):
+    first = load(folder, quantize)
+    assert "packed-weight cache" not in first.kernels and len(cache_files()) == 1
+    second = load(folder, quantize)
+    assert "packed-weight cache" in second.kernels
+    assert torch.equal(logits(first), logits(second))
+    assert second.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_each_scheme_and_kernel_path_has_its_own_file(folder):
+    load(folder, "int4")
+    load(folder, "int8", kernels="int8=weight-only")
+    load(folder, "int8", kernels="int8=dynamic")
+    assert len(cache_files()) == 3 and all(f.stat().st_mode & 0o777 for f in cache_files())
+
+
+def _damage_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_damage_last_byte, lambda p: os.truncate(p, p.stat().st_size - 3), lambda p: p.write_bytes(b"\x08" + b"\0" * 7 + b"{}")],
+    ids=["flipped-byte", "truncated", "garbage"],
+)  # fmt: skip
+def test_a_damaged_cache_file_is_ignored_and_rebuilt(folder, damage):
+    fresh = logits(load(folder, "int4"))
+    [path] = cache_files()
+    damage(path)
+    again = load(folder, "int4")
+    assert "packed-weight cache" not in again.kernels  # quantized anew, not read from the damaged file
+    assert torch.equal(logits(again), fresh)
+    assert "packed-weight cache" in load(folder, "int4").kernels  # and rewritten whole
+
+
+def test_a_file_of_another_user_is_not_trusted(folder, monkeypatch):
+    load(folder, "int4")
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(cache_files()[0]).st_uid + 1)
+    assert "packed-weight cache" not in load(folder, "int4").kernels
+
+
+def test_a_changed_checkpoint_gets_a_new_cache_file(tmp_path):
+    target = write_tiny_model(tmp_path / "t", seed=1)
+    before = logits(load(target, "int4"))
+    write_tiny_model(tmp_path / "t", seed=5)  # new weights: the file's size may match, its mtime does not
+    stat = (target / "model.safetensors").stat()
+    os.utime(target / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = load(target, "int4")
+    assert "packed-weight cache" not in after.kernels and not torch.equal(logits(after), before)
+    assert len(cache_files()) == 2
+
+
+def test_an_unwritable_cache_folder_only_costs_the_cache(folder, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SC2_CACHE_DIR", str(blocker))
+    assert "packed-weight cache" not in load(folder, "int4").kernels
+    assert "packed-weight cache" not in load(folder, "int4").kernels
+
+
+def test_the_writer_leaves_no_temporary_file(folder):
+    load(folder, "int8")
+    assert [p.name for p in (cache_folder() / "packed").iterdir()] == [cache_files()[0].name]
+    assert not packed.read_packed(cache_files()[0], "another key", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("quantize", SCHEMES)
+def test_quantizing_peaks_near_the_bf16_weights(tmp_path, quantize):
+    """Peak RSS while loading and quantizing stays within 1.15x the bf16 weights: each matrix is quantized
+    in row blocks and its bf16 original freed before the next."""
+    config = hub_config(
+        vocab_size=8192, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=2,
+    )  # fmt: skip
+    from sc2cli.model.model import Starcoder2
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in Starcoder2(ModelConfig.from_dict(config)).named_parameters()}
+    state = {n: torch.randn(s).bfloat16() for n, s in shapes.items()}
+    folder = write_hub_checkpoint(tmp_path / "big", config, state, dtype=torch.bfloat16)
+    bf16_bytes = ModelConfig.from_dict(config).weight_bytes(2)
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from sc2cli.checkpoint.load import load_checkpoint
+        from sc2cli.model.config import ModelConfig
+        from sc2cli.model.model import Starcoder2
+        def rss(field):
+            for line in open("/proc/self/status"):
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+        from sc2cli.model.quant import Int4Linear, WeightOnlyInt8Linear
+        with torch.device("meta"):
+            Starcoder2(ModelConfig(num_hidden_layers=1))
+        small = torch.nn.Linear(256, 256).bfloat16()  # the quantizers' code and buffers, before measuring
+        Int4Linear.from_linear(small), WeightOnlyInt8Linear.from_linear(small)
+        before = rss("VmRSS:")
+        model = load_checkpoint({str(folder)!r}, dtype="bf16", device="cpu", quantize={quantize!r},
+                                kernels="int8=weight-only")
+        print(rss("VmHWM:") - before)
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert growth <= 1.15 * bf16_bytes, (growth, bf16_bytes)
