@@ -122,7 +122,7 @@ KEYS: dict[str, Callable[[object], Any]] = {
     "max_tokens": _whole_number(1),
     "prompt_budget": _parse_prompt_budget,
     "offline": _parse_bool,
-    "quantize": _choice("none", "int8"),
+    "quantize": _choice("none", "int8", "int4"),
     "engine": _parse_engine,
 }
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}

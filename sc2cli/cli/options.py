@@ -57,8 +57,8 @@ DtypeOpt = Annotated[
 QuantizeOpt = Annotated[
     str | None,
     typer.Option(
-        help="none, or int8: int8 weights (embeddings and norms kept), half the memory of bf16 and faster "
-        "on CPUs (README, Speed: decode ~1.4x, prompts ~3.7x on 2 cores).",
+        help="none, int8 or int4: quantized weights, faster decode (embeddings and norms kept); quantized "
+        "once, then loaded from the user cache folder.",
         rich_help_panel=_MODEL,
         autocompletion=completers.values_of("quantize"),
     ),
