@@ -22,8 +22,9 @@ from ..completion.tokenizer import Tokenizer
 from ..errors import InputError
 from ..model.config import SHAPES, ModelConfig
 from ..model.device import resolve_dtype
-from ..model.linear import DynamicInt8Linear, UpcastLinear, WeightOnlyInt8Linear
+from ..model.linear import UpcastLinear
 from ..model.model import Starcoder2
+from ..model.quant import QuantizedLinear
 
 
 def shape_config(shape: str, layers: int | None) -> ModelConfig:
@@ -68,12 +69,13 @@ def bench_tokenizer(folder: Path | None) -> Tokenizer:
 
 
 def weight_bytes_per_token(model: Starcoder2) -> int:
-    """Bytes of weights one decode step reads: every matrix product (the embedding row aside)."""
+    """Bytes of weights one decode step reads: every matrix product's weight and bias as its kernel stores
+    them (int8/int4: the packed weight and its scales, not the bf16 original), the embedding row aside."""
     total = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear | UpcastLinear):
-            total += module.weight.numel() * module.weight.element_size()
-        elif isinstance(module, DynamicInt8Linear | WeightOnlyInt8Linear):
+            total += sum(t.numel() * t.element_size() for t in (module.weight, module.bias) if t is not None)
+        elif isinstance(module, QuantizedLinear):
             total += module.weight_bytes
     return total
 

@@ -96,9 +96,16 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     report.machine = {**memory_bandwidth(), "threads": torch.get_num_threads()}
     log(f"memory: {report.machine['copy_gbps']} GB/s copy, {report.machine['read_gbps']} GB/s read")
     model, folder, load_s = _build(options, device, report, log)
-    twin = REFERENCES["transformers"].twin(model) if options.vs_transformers else None
-    reference = unquantized_twin(model) if options.quantize != "none" else None
-    kernels = prepare(model, options.quantize)
+    if (
+        options.model is not None
+    ):  # loaded and quantized as the CLI does: its unquantized twin is loaded apart
+        reference = _unquantized(folder, device, options) if options.quantize != "none" else None
+        twin = REFERENCES["transformers"].twin(reference or model) if options.vs_transformers else None
+        kernels = model.kernels
+    else:
+        twin = REFERENCES["transformers"].twin(model) if options.vs_transformers else None
+        reference = unquantized_twin(model) if options.quantize != "none" else None
+        kernels = prepare(model, options.quantize)
     report.setup.update(
         {
             "model": options.model or f"random {options.shape}",
@@ -141,7 +148,9 @@ def _build(
     if options.model is not None:
         folder = resolve_model(options.model)
         start = time.perf_counter()
-        model = load_checkpoint(folder, device=device, dtype=options.dtype, attn=options.attn)
+        model = load_checkpoint(
+            folder, device=device, dtype=options.dtype, attn=options.attn, quantize=options.quantize
+        )
         load_s = time.perf_counter() - start
         report.setup["peak_rss_gb"] = round(peak_rss_bytes() / 1e9, 2)
         log(f"loaded {options.model} in {load_s:.1f}s")
@@ -153,6 +162,10 @@ def _build(
     model = random_model(config, device, dtype, select_backend(options.attn, device, dtype), options.seed)
     log(f"built a random {options.shape} ({config.num_hidden_layers} layers, {dtype})")
     return model, TINY_DIR if options.shape == "tiny" else None, None
+
+
+def _unquantized(folder: Path | None, device: torch.device, options: BenchOptions) -> Starcoder2:
+    return load_checkpoint(folder, device=device, dtype=options.dtype, attn=options.attn)
 
 
 def _bench_prefill(options: BenchOptions, model, twin, report: Report, log) -> None:

@@ -209,3 +209,16 @@ def test_unknown_quantization_and_kernel_choices_are_refused():
     with pytest.raises(InputError, match="unknown kernel choice 'decode=fast'"):
         plan_kernels([], "none", torch.device("cpu"), torch.bfloat16, "decode=fast")
 
+
+def test_bytes_per_token_count_what_each_kernel_reads(tmp_path):
+    from sc2cli.bench.models import weight_bytes_per_token
+
+    folder = write_tiny_model(tmp_path / "m", seed=2)
+    read = {q: weight_bytes_per_token(load_checkpoint(folder, quantize=q, dtype="bf16", device="cpu"))
+            for q in ("none", "int8", "int4")}  # fmt: skip
+    int4 = load_checkpoint(folder, quantize="int4", dtype="bf16", device="cpu")
+    packed = sum(
+        t.nbytes for m in int4.modules() if isinstance(m, QuantizedLinear) for t in m.state().values()
+    )
+    assert read["int4"] == packed
+    assert read["int4"] < read["int8"] < 0.6 * read["none"]
