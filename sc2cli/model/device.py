@@ -61,8 +61,9 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`auto`/None: bf16 on CUDA (StarCoder2 was trained in bf16), bf16 on CPUs with native bf16 arithmetic,
-    fp16 on Apple GPUs, fp32 otherwise."""
+    """`auto`/None: bf16 on CUDA (StarCoder2 was trained in bf16) and on CPUs (half the memory of fp32 and
+    ~1.8x its decode even without native bf16 arithmetic: decode reads every weight once per token),
+    fp16 on Apple GPUs. fp32 stays available, and exact, by name."""
     import torch
 
     if isinstance(name, torch.dtype):
@@ -70,11 +71,7 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
             raise InputError(f"unsupported dtype {name}; use bf16, fp16 or fp32")
         return name
     if name in (None, "", "auto"):
-        if device.type == "cuda":
-            return torch.bfloat16
-        if device.type == "mps":
-            return torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.float16 if device.type == "mps" else torch.bfloat16
     if name.lower() not in DTYPE_NAMES:
         raise InputError(f"unknown dtype {name!r}; use auto, bf16, fp16 or fp32")
     return getattr(torch, DTYPE_NAMES[name.lower()])

@@ -222,3 +222,12 @@ def test_bytes_per_token_count_what_each_kernel_reads(tmp_path):
     )
     assert read["int4"] == packed
     assert read["int4"] < read["int8"] < 0.6 * read["none"]
+
+
+def test_the_cpu_default_dtype_is_bf16_and_fp32_stays_exact_by_name(monkeypatch):
+    import sc2cli.model.device as device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)  # the default no longer depends on it
+    cpu = torch.device("cpu")
+    assert device.resolve_dtype(None, cpu) == device.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert device.resolve_dtype("fp32", cpu) == torch.float32
