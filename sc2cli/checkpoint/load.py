@@ -27,7 +27,7 @@ from ..model.linear import QUANTIZATIONS, Plan, linear_shapes, plan_kernels, pre
 from ..model.model import Starcoder2
 from ..model.quant import INT4_GROUP, KINDS, int4_layout
 from .layout import checkpoint_files, read_config
-from .packed import packed_path, read_packed, tensor_bytes, write_packed
+from .packed import packed_path, packed_usable, read_packed, tensor_bytes, write_packed
 from .safetensors import TensorEntry, checkpoint_entries
 
 SAFETENSORS_DTYPES = {
@@ -232,19 +232,30 @@ def load_quantized(
     description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(plan.items()),
                    "int4": [INT4_GROUP, int4_layout(device)] if quantize == "int4" else None}  # fmt: skip
     path, key = packed_path(files, description)
-    stored = read_packed(path, key, device)
-    if stored is None or set(stored) != set(linears):
-        load_weights(model, files, device=device, dtype=dtype, progress=progress)
-        kernels = prepare(model, quantize, plan)
-        modules = {name: model.get_submodule(name) for name in linears}
-        write_packed(path, key, {n: (m.kind, m.state()) for n, m in modules.items()})
-        return kernels
-    skip = frozenset(f"{name}.{p}" for name in linears for p in ("weight", "bias"))
-    load_weights(model, files, device=device, dtype=dtype, progress=progress, skip=skip)
-    for name, (kind, state) in stored.items():
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner), attr, KINDS[kind].from_state(state, dtype))
-    return " + ".join(sorted({kind for kind, _ in stored.values()})) + " weights (packed-weight cache)"
+    if packed_usable(path, key, set(linears)):
+        originals = {name: model.get_submodule(name) for name in linears}  # still on the meta device
+        skip = frozenset(f"{name}.{p}" for name in linears for p in ("weight", "bias"))
+        load_weights(model, files, device=device, dtype=dtype, progress=progress, skip=skip)  # ties the head
+        kinds: set[str] = set()
+
+        def take(name: str, kind: str, state: dict[str, torch.Tensor]) -> None:
+            kinds.add(kind)
+            _set_module(model, name, KINDS[kind].from_state(state, dtype))
+
+        if read_packed(path, key, set(linears), device, take):
+            return " + ".join(sorted(kinds)) + " weights (packed-weight cache)"
+        for name, module in originals.items():  # a damaged tensor: back to the layers to load
+            _set_module(model, name, module)
+    load_weights(model, files, device=device, dtype=dtype, progress=progress)
+    kernels = prepare(model, quantize, plan)
+    modules = {name: model.get_submodule(name) for name in linears}
+    write_packed(path, key, {n: (m.kind, m.state()) for n, m in modules.items()})
+    return kernels
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner), attr, module)
 
 
 def save_checkpoint(model: Starcoder2, folder: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ DTYPES = {
 }  # fmt: skip
 NAMES = {v: k for k, v in DTYPES.items()}
 Stored = dict[str, tuple[str, dict[str, torch.Tensor]]]  # module name -> (kind, field -> tensor)
+Take = Callable[[str, str, dict[str, torch.Tensor]], None]  # (module name, kind, field -> tensor)
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -74,17 +76,34 @@ def write_packed(path: Path, key: str, modules: Stored) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def read_packed(path: Path, key: str, device: torch.device) -> Stored | None:
-    """The stored modules, on `device`, or None when the file is absent, not ours, or fails any check."""
+def packed_usable(path: Path, key: str, modules: set[str]) -> bool:
+    """Whether a file passes the checks short of reading its tensors (the caller then loads only what the
+    file does not hold): the current user's, this key, exactly `modules`, sizes that add up."""
     try:
         with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
-            if hasattr(os, "getuid") and info.st_uid != os.getuid():
-                return None
-            header = _header(f, info.st_size, key)
-            return None if header is None else _read_tensors(f, header, device)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return _checked_header(f, key, modules) is not None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _checked_header(f, key: str, modules: set[str]) -> dict | None:
+    info = os.fstat(f.fileno())
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
         return None
+    header = _header(f, info.st_size, key)
+    return header if header is not None and set(header["__kinds__"]) == modules else None
+
+
+def read_packed(path: Path, key: str, modules: set[str], device: torch.device, take: Take) -> bool:
+    """Hand each stored module's kind and tensors (on `device`) to `take`, one module at a time so only
+    one is ever held twice; False (after some calls, perhaps) when the file is absent, not the current
+    user's, does not hold exactly `modules`, or fails any check."""
+    try:
+        with open(path, "rb") as f:
+            header = _checked_header(f, key, modules)
+            return header is not None and _read_modules(f, header, device, take)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return False
 
 
 def _header(f, size: int, key: str) -> dict | None:
@@ -115,14 +134,19 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
-def _read_tensors(f, header: dict, device: torch.device) -> Stored | None:
+def _read_modules(f, header: dict, device: torch.device, take: Take) -> bool:
     kinds: dict[str, str] = header.pop("__kinds__")
-    stored: Stored = {module: (kind, {}) for module, kind in kinds.items()}
+    current, fields = None, {}
     for name, entry in header.items():  # in file order: the offsets were checked to follow each other
         t = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
         view = tensor_bytes(t)
         if f.readinto(view) != len(view) or zlib.crc32(view) != entry["crc32"]:
-            return None
+            return False
         module, _, field = name.rpartition(".")
-        stored[module][1][field] = t.to(device)
-    return stored
+        if module != current and current is not None:
+            take(current, kinds[current], fields)
+            fields = {}
+        current, fields[field] = module, t.to(device)
+    if current is not None:
+        take(current, kinds[current], fields)
+    return True
