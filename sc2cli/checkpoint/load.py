@@ -249,7 +249,7 @@ def load_quantized(
     load_weights(model, files, device=device, dtype=dtype, progress=progress)
     kernels = prepare(model, quantize, plan)
     modules = {name: model.get_submodule(name) for name in linears}
-    write_packed(path, key, {n: (m.kind, m.state()) for n, m in modules.items()})
+    write_packed(path, key, modules)
     return kernels
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..model.device import cache_folder
+from ..model.quant import QuantizedLinear
 
 FORMAT = 1  # bump when what is stored changes meaning
 DTYPES = {
@@ -29,7 +30,6 @@ DTYPES = {
     "I8": torch.int8, "U8": torch.uint8, "I32": torch.int32,
 }  # fmt: skip
 NAMES = {v: k for k, v in DTYPES.items()}
-Stored = dict[str, tuple[str, dict[str, torch.Tensor]]]  # module name -> (kind, field -> tensor)
 Take = Callable[[str, str, dict[str, torch.Tensor]], None]  # (module name, kind, field -> tensor)
 
 
@@ -46,20 +46,20 @@ def packed_path(files: list[Path], description: dict[str, object]) -> tuple[Path
     return cache_folder() / "packed" / f"{key[:40]}.safetensors", key
 
 
-def write_packed(path: Path, key: str, modules: Stored) -> None:
-    """Store every module's tensors atomically, each with its CRC-32; a failure (a full disk, a read-only
-    folder) leaves nothing behind and is not an error: the next load quantizes again."""
-    tensors = {
-        f"{module}.{field}": t for module, (_, fields) in modules.items() for field, t in fields.items()
-    }
+def write_packed(path: Path, key: str, modules: dict[str, QuantizedLinear]) -> None:
+    """Store every module's `state()` atomically, each tensor with its CRC-32; a failure (a full disk, a
+    read-only folder) leaves nothing behind and is not an error: the next load quantizes again. `state()`
+    is asked twice per module (header, then data) so that a layer whose state is unpacked on demand
+    (fbgemm's) has only one unpacked copy alive at a time."""
     header: dict[str, object] = {}
     offset = 0
-    for name, t in tensors.items():
-        size = t.numel() * t.element_size()
-        crc = zlib.crc32(tensor_bytes(t.detach().cpu().contiguous()))
-        header[name] = {"dtype": NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size], "crc32": crc}  # fmt: skip
-        offset += size
-    kinds = {module: kind for module, (kind, _) in modules.items()}
+    for module, layer in modules.items():
+        for field, t in layer.state().items():
+            size = t.numel() * t.element_size()
+            crc = zlib.crc32(tensor_bytes(t.detach().cpu().contiguous()))
+            header[f"{module}.{field}"] = {"dtype": NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size], "crc32": crc}  # fmt: skip
+            offset += size
+    kinds = {module: layer.kind for module, layer in modules.items()}
     header["__metadata__"] = {"sc2_key": key, "kinds": json.dumps(kinds)}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -68,8 +68,9 @@ def write_packed(path: Path, key: str, modules: Stored) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(len(raw).to_bytes(8, "little") + raw)
-            for t in tensors.values():
-                f.write(tensor_bytes(t.detach().cpu().contiguous()))
+            for layer in modules.values():
+                for t in layer.state().values():
+                    f.write(tensor_bytes(t.detach().cpu().contiguous()))
         tmp.replace(path)
     except OSError:
         with contextlib.suppress(OSError):
