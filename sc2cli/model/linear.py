@@ -125,9 +125,10 @@ def plan_kernels(
     small = weight_bytes is not None and weight_bytes < PROBE_MIN_BYTES
     for shape in shapes:
         plan[shape] = {}
+        stand_in = _stand_in(shape, dtype)
         for role in roles:
             available = _available(role, dtype)
-            make = functools.partial(CANDIDATES[role], _stand_in(shape, dtype), available)
+            make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
             plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default)
     if choices is not None:
@@ -156,9 +157,11 @@ def _default(role: str, available: list[str]) -> str:
 
 
 def _stand_in(shape: tuple[int, int], dtype: torch.dtype) -> Callable[[], nn.Linear]:
-    """A layer of `shape` (at most `PROBE_MAX_OUT` rows) to time kernels on, made only when measured:
+    """A layer of `shape` (at most `PROBE_MAX_OUT` rows) to time kernels on, made once if measured at all:
     dense kernels ignore the values."""
-    return lambda: _as_linear(torch.full((min(shape[0], PROBE_MAX_OUT), shape[1]), 0.02, dtype=dtype))
+    return functools.cache(
+        lambda: _as_linear(torch.full((min(shape[0], PROBE_MAX_OUT), shape[1]), 0.02, dtype=dtype))
+    )
 
 
 def _as_linear(weight: torch.Tensor) -> nn.Linear:
@@ -184,9 +187,14 @@ def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) ->
 
 
 def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
-    linear = layer()
-    kinds = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}
-    return {path: kinds[path].from_linear(linear) for path in available}
+    """Both int8 layers over stand-in codes (not a quantized stand-in: the values do not change the time)."""
+    weight = layer().weight
+    q, scales = torch.ones(weight.shape, dtype=torch.int8), torch.full((weight.shape[0],), 0.01)
+    made = {
+        "dynamic": lambda: DynamicInt8Linear(q, scales, None),
+        "weight-only": lambda: WeightOnlyInt8Linear(q, scales.to(weight.dtype), None),
+    }
+    return {path: made[path]() for path in available}
 
 
 CANDIDATES = {"decode": _decode_candidates, "prefill": _prefill_candidates, "int8": _int8_candidates}
