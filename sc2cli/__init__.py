@@ -37,7 +37,7 @@ def load_model(
     15b, tiny). A hub model comes from the Hugging Face cache, downloaded on first use (`revision`: a branch, tag
     or commit); `offline=True` (or HF_HUB_OFFLINE=1) never touches the network.
     `device`: auto/None, cpu, cuda, cuda:N, mps. `dtype`: a torch dtype or auto/bf16/fp16/fp32.
-    `attn`: auto, sdpa, flash or eager. `quantize`: none or int8 (int8 weights; see model/linear.py).
+    `attn`: auto, sdpa, flash or eager. `quantize`: none, int8 or int4 (quantized weights, packed once and cached; see model/quant.py).
     `progress(bytes_done, bytes_total)` is called while loading the weights, `download_progress(bytes_done,
     bytes_total)` while downloading them.
     """

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.device import cache_folder
+from ..folders import cache_folder
 from ..model.quant import QuantizedLinear
 
 FORMAT = 1  # bump when what is stored changes meaning

@@ -27,7 +27,7 @@ def bench(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     attn: AttnOpt = None,
-    quantize: Annotated[str, typer.Option(help="none or int8 (also reports greedy agreement with unquantized).", autocompletion=completers.values_of("quantize"))] = "none",
+    quantize: Annotated[str, typer.Option(help="none, int8 or int4 (also reports greedy agreement with unquantized).", autocompletion=completers.values_of("quantize"))] = "none",
     vs: Annotated[str | None, typer.Option("--vs", help="Compare with another engine on the same weights: transformers.")] = None,
     prompt_lengths: Annotated[str, typer.Option(help="Prefill lengths, comma-separated.")] = "128,512,2048",
     decode_tokens: Annotated[int, typer.Option(help="Tokens per decode measurement.")] = 32,

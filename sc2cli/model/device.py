@@ -10,7 +10,6 @@ import platform
 import re
 import sys
 from importlib.util import find_spec
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
@@ -84,17 +83,6 @@ def cpu_has_native_bf16() -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, c, lambda: False)() for c in checks)
-
-
-def cache_folder() -> Path:
-    """Where sc2 keeps what it can rebuild (kernel measurements, packed weights): `$SC2_CACHE_DIR`, else
-    the platformdirs user cache folder."""
-    folder = os.environ.get("SC2_CACHE_DIR")
-    if folder:
-        return Path(folder).expanduser()
-    import platformdirs
-
-    return platformdirs.user_cache_path("sc2")
 
 
 def _mps_available() -> bool:

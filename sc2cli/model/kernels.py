@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .device import cache_folder
+from ..folders import cache_folder
 
 ROLES: dict[str, tuple[str, ...]] = {
     "decode": ("onednn", "linear"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import sqlite3
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..folders import cache_folder
 from .files import TrackedFile, eligible, index_stamp, read_source, tracked_files, tracked_paths
 
 CHUNK_LINES = 24  # a chunk is this many lines, and chunks start every CHUNK_STRIDE lines
@@ -165,15 +165,6 @@ def chunk_spans(line_count: int) -> list[tuple[int, int]]:
     if starts[-1] + CHUNK_LINES < line_count:
         starts.append(line_count - CHUNK_LINES)
     return [(s, s + CHUNK_LINES) for s in starts]
-
-
-def cache_folder() -> Path:
-    """`$SC2_CACHE_DIR`, else the platform's user cache folder for sc2."""
-    if os.environ.get("SC2_CACHE_DIR"):
-        return Path(os.environ["SC2_CACHE_DIR"])
-    import platformdirs
-
-    return platformdirs.user_cache_path("sc2")
 
 
 class RepoIndex:

@@ -13,8 +13,8 @@ import torch
 
 from sc2cli.checkpoint import packed
 from sc2cli.checkpoint.load import MAP_WINDOW_BYTES, load_checkpoint
+from sc2cli.folders import cache_folder
 from sc2cli.model.config import ModelConfig
-from sc2cli.model.device import cache_folder
 from sc2cli.model.quant import QuantizedLinear
 
 from ..checkpoints import hub_config, write_hub_checkpoint, write_tiny_model
