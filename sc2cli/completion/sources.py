@@ -201,7 +201,9 @@ class _Window:
                     f"line {self.line} of {self.name} is over {self.reach} bytes long; sc2 reads that much "
                     "around the cursor (it completes source code, not minified or generated data)"
                 )
-            if self.eof or (end >= 0 and len(self.buf) - end > self.reach):
+            if self.eof or (
+                end >= 0 and len(self.buf) - (end + 1) > self.reach
+            ):  # bytes after the line's end
                 return
             self.buf += self._more()
 

@@ -22,11 +22,11 @@ def test_native_bf16_is_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, native
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["emulated-bf16", "native-bf16"])
-def test_auto_dtype_on_a_cpu_is_bf16_only_where_it_is_native(monkeypatch, native):
+def test_auto_dtype_on_a_cpu_is_bf16_with_or_without_native_bf16(monkeypatch, native):
+    """Half the memory and ~1.8x fp32's decode even where bf16 is emulated (issue 20); fp32 by name."""
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
-    expected = torch.bfloat16 if native else torch.float32
     for name in (None, "", "auto"):
-        assert resolve_dtype(name, torch.device("cpu")) == expected
+        assert resolve_dtype(name, torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32  # a named dtype is never changed
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 

@@ -5,11 +5,10 @@ written from the plugins' sources: llama.vim's `llama#fim` and `s:ring_update`, 
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -136,7 +135,7 @@ def test_every_reply_is_compact_json_on_one_line(server):
 
 
 def test_a_replaced_infill_request_reports_cancelled(server):
-    port, results = server["port"], {}
+    port = server["port"]
     long = {
         "input_prefix": "def f(x):\n",
         "input_suffix": "",
@@ -144,16 +143,19 @@ def test_a_replaced_infill_request_reports_cancelled(server):
         "raw": True,
         "client_id": "vim-1",
     }
-
-    def older() -> None:
-        results["old"] = json.loads(call(port, "POST", "/infill", long)[1])
-
-    thread = threading.Thread(target=older)
-    thread.start()
-    time.sleep(0.5)  # the older one is generating (900 tokens take far longer)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(
+        "POST",
+        "/infill",
+        body=json.dumps({**long, "stream": True}),
+        headers={"Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    assert response.readline().startswith(b"data: ")  # the older one is generating: its first token is out
     newer = json.loads(call(port, "POST", "/infill", {**long, "n_predict": 2})[1])
-    thread.join(timeout=60)
-    assert results["old"]["stop_type"] == "cancelled" and results["old"]["tokens_predicted"] < 900
+    events = [json.loads(line[6:]) for line in response.read().split(b"\n") if line.startswith(b"data: ")]
+    conn.close()
+    assert events[-1]["stop_type"] == "cancelled" and events[-1]["tokens_predicted"] < 900
     assert newer["stop_type"] != "cancelled"
 
 
