@@ -5,6 +5,7 @@ turns into control tokens in the prompt."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -74,14 +75,15 @@ def parse(protocol: str, body: dict):
 
 
 @pytest.mark.parametrize("protocol", sorted(KEYS))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_parsing_raises_nothing_but_input_errors(protocol, data):
     body = data.draw(bodies(protocol))
     try:
         request = parse(protocol, body)
     except InputError as e:
-        assert "--" not in str(e)  # field names, not CLI flags
+        said = re.sub(r"'[^']*'", "''", str(e))  # the client's own field names are quoted back as they came
+        assert "--" not in said  # field names, not CLI flags
         return
     assert request.max_tokens >= 1 and request.sampling.temperature >= 0
 
