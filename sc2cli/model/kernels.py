@@ -5,7 +5,9 @@ faster than `F.linear` on one machine and no faster on another; fp32 upcasting o
 without native bf16 and loses with it), so nothing here is a rule written for one CPU. A *role* is one
 decision with its candidate paths:
 
-- `decode`: bf16/fp16 weights times a few rows: `onednn` (mkldnn inner product) or `linear` (`F.linear`).
+- `decode`: bf16/fp16 weights times a few rows: `onednn` (mkldnn inner product) or `linear` (`F.linear`),
+  or `packed` (oneDNN on the weight reordered into its blocked layout, for prompts too: only where the
+  prompts' path is `linear`; ~2.5x the dense layout's bandwidth on a CPU with native bf16).
 - `prefill`: bf16/fp16 weights times a prompt's many rows: `linear` or `upcast` (fp32 through a scratch
   copy of the weight, exactly bf16's arithmetic).
 - `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
@@ -32,7 +34,7 @@ from ..errors import InputError
 from ..folders import cache_folder
 
 ROLES: dict[str, tuple[str, ...]] = {
-    "decode": ("onednn", "linear"),
+    "decode": ("onednn", "linear", "packed"),
     "prefill": ("linear", "upcast"),
     "int8": ("dynamic", "weight-only"),
 }

@@ -66,19 +66,51 @@ def _onednn_inner_product() -> Callable | None:
     return op
 
 
+@functools.cache
+def _onednn_packed() -> bool:
+    """Whether oneDNN's inner product runs on a weight reordered into its own blocked layout here (tried once,
+    for a token and a prompt, against F.linear): on CPUs with native bf16 it reads the weights ~2.5x faster
+    than on the dense layout (12288x3072: 1.9 vs 4.8 ms, the same numbers)."""
+    if _onednn_inner_product() is None:
+        return False
+    try:
+        w = torch.randn(24, 32, generator=torch.Generator().manual_seed(0)).bfloat16()
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        for rows in (1, 9):
+            x = torch.ones(rows, 32, dtype=torch.bfloat16)
+            if not torch.equal(_onednn_inner_product()(x, packed, None, "none", [], ""), F.linear(x, w)):
+                return False
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out, in) in oneDNN's blocked layout (an opaque mkldnn tensor, same shape and bytes)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+
+
 class UpcastLinear(nn.Module):
     """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, bf16 only, or `linear`), many rows by
-    `prefill` (`upcast`: fp32 through `scratch`; `linear`: as they are)."""
+    `prefill` (`upcast`: fp32 through `scratch`; `linear`: as they are). `decode="packed"` (bf16, with
+    `prefill="linear"`): every product through oneDNN on the weight reordered once into its blocked layout,
+    which replaces the dense one (a tied lm_head gets its own copy; the embedding keeps the dense one)."""
 
     def __init__(self, linear: nn.Linear, scratch: Scratch, decode: str = "linear", prefill: str = "upcast"):
         super().__init__()
-        self.weight = linear.weight  # kept as is: a tied lm_head still shares the embedding
+        self.decode, self.prefill = decode, prefill
+        self.inner_product = _onednn_inner_product() if decode in ("onednn", "packed") else None
+        if decode == "packed" and (prefill != "linear" or self.inner_product is None):
+            raise InputError("the packed oneDNN path needs bf16 weights multiplied as they are")
+        # packed: a plain attribute (an opaque tensor is no Parameter); else kept as is, so a tied lm_head
+        # still shares the embedding
+        self.weight = pack_for_onednn(linear.weight) if decode == "packed" else linear.weight
         self.bias = linear.bias
         self.scratch = scratch
-        self.decode, self.prefill = decode, prefill
-        self.inner_product = _onednn_inner_product() if decode == "onednn" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decode == "packed":
+            return self.inner_product(x, self.weight, self.bias, "none", [], "")  # type: ignore[misc]
         rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
             if self.inner_product is not None:
@@ -121,13 +153,13 @@ def plan_kernels(
         return {shape: {} for shape in shapes}
     choices = Choices() if remember else None
     plan: Plan = {}
-    roles = ["int8"] if quantize == "int8" else ["decode", "prefill"] if dtype != torch.float32 else []
+    roles = ["int8"] if quantize == "int8" else ["prefill", "decode"] if dtype != torch.float32 else []
     small = weight_bytes is not None and weight_bytes < PROBE_MIN_BYTES
     for shape in shapes:
         plan[shape] = {}
         stand_in = _stand_in(shape, dtype)
         for role in roles:
-            available = _available(role, dtype)
+            available = _available(role, dtype, plan[shape].get("prefill"))
             make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
             plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default)
@@ -136,10 +168,13 @@ def plan_kernels(
     return plan
 
 
-def _available(role: str, dtype: torch.dtype) -> list[str]:
-    """The paths of `role` this CPU and build can run for weights of `dtype`."""
+def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> list[str]:
+    """The paths of `role` this CPU and build can run for weights of `dtype` (decode: given the prefill path
+    chosen for the shape, since the packed layout serves both)."""
     if role == "decode":
-        return ["linear"] + (["onednn"] if dtype == torch.bfloat16 and _onednn_inner_product() else [])
+        onednn = dtype == torch.bfloat16 and _onednn_inner_product() is not None
+        packed = onednn and prefill == "linear" and _onednn_packed()
+        return ["linear"] + (["onednn"] if onednn else []) + (["packed"] if packed else [])
     if role == "prefill":
         return ["linear", "upcast"]
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
@@ -175,6 +210,9 @@ def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> 
     paths = {"linear": lambda x: F.linear(x, weight)}
     if "onednn" in available:
         paths["onednn"] = lambda x: _onednn_inner_product()(x, weight, None, "none", [], "")
+    if "packed" in available:
+        packed = pack_for_onednn(weight)
+        paths["packed"] = lambda x: _onednn_inner_product()(x, packed, None, "none", [], "")
     return paths
 
 

@@ -14,6 +14,7 @@ from sc2cli.model.linear import (
     Scratch,
     UpcastLinear,
     _onednn_inner_product,
+    _onednn_packed,
     dynamic_int8_available,
     plan_kernels,
     prepare,
@@ -31,7 +32,9 @@ from sc2cli.model.quant import (
 from ..checkpoints import write_tiny_model
 
 DECODE_PATHS = ["linear", pytest.param("onednn", marks=pytest.mark.skipif(
-    _onednn_inner_product() is None, reason="this build or CPU has no oneDNN bf16 inner product"))]  # fmt: skip
+    _onednn_inner_product() is None, reason="this build or CPU has no oneDNN bf16 inner product")),
+    pytest.param("packed", marks=pytest.mark.skipif(
+    not _onednn_packed(), reason="this build or CPU has no oneDNN inner product on packed bf16 weights"))]  # fmt: skip
 no_fbgemm = pytest.mark.skipif(not dynamic_int8_available(torch.device("cpu")), reason="no fbgemm")
 
 
@@ -64,8 +67,12 @@ def test_upcast_prompts_equal_bf16_arithmetic_and_keep_one_copy_of_the_weight():
 @pytest.mark.parametrize("shape", [(1, 1, 64), (3, 64), (2, 16, 64)], ids=["token", "few-rows", "prompt"])
 def test_every_bf16_path_matches_fp32(decode, prefill, shape):
     linear = layer(out=300, inp=64)
+    if decode == "packed" and prefill == "upcast":  # the packed layout replaces the weight upcasting reads
+        with pytest.raises(InputError):
+            UpcastLinear(linear, Scratch(), decode=decode, prefill=prefill)
+        return
     fast = UpcastLinear(linear, Scratch(), decode=decode, prefill=prefill)
-    assert (fast.inner_product is not None) == (decode == "onednn")
+    assert (fast.inner_product is not None) == (decode in ("onednn", "packed"))
     x = torch.randn(shape).bfloat16()
     out = fast(x)
     assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 300)
@@ -231,3 +238,24 @@ def test_the_cpu_default_dtype_is_bf16_and_fp32_stays_exact_by_name(monkeypatch)
     cpu = torch.device("cpu")
     assert device.resolve_dtype(None, cpu) == device.resolve_dtype("auto", cpu) == torch.bfloat16
     assert device.resolve_dtype("fp32", cpu) == torch.float32
+
+
+@pytest.mark.skipif(
+    not _onednn_packed(), reason="this build or CPU has no oneDNN inner product on packed bf16 weights"
+)
+def test_a_model_on_packed_weights_computes_what_it_does_on_dense_ones(tmp_path, monkeypatch):
+    """The packed path forced for the whole model: the same logits as F.linear on the dense weights, for a
+    prompt and a token; its layers hold the packed weight only."""
+    folder = write_tiny_model(tmp_path / "m")
+    monkeypatch.setenv("SC2_KERNELS", "decode=linear,prefill=linear")
+    dense = load_checkpoint(folder, dtype="bf16", device="cpu")
+    monkeypatch.setenv("SC2_KERNELS", "decode=packed,prefill=linear")
+    packed = load_checkpoint(folder, dtype="bf16", device="cpu")
+    layers = [m for m in packed.modules() if isinstance(m, UpcastLinear)]
+    assert layers and all(m.decode == "packed" and m.weight.is_mkldnn for m in layers)
+    ids = torch.tensor([[5, 9, 17, 33, 2, 40, 41, 42, 7, 8]])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids).float(), dense(ids).float(), atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(
+            packed(ids[:, :1]).float(), dense(ids[:, :1]).float(), atol=2e-2, rtol=1e-2
+        )
