@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import session
 from ..completion.cursor import cursor_offset, parse_location
 from ..completion.events import Done, Event, Token
-from ..completion.prompt import Document, Prompt
+from ..completion.prompt import Document, context_report
 from ..completion.request import CompletionRequest
 from ..completion.sampling import Sampling
 from ..completion.sources import (
@@ -146,10 +146,7 @@ def complete_buffer(buffer: Buffer, opts: CompletionOptions, settings: Settings)
             settings, opts.revision, bar=ProgressBar, note=lambda message: note(message, opts.verbose)
         )
         events = engine.stream(request)
-    report = {}
-    if opts.output is OutputFormat.json and request.context:  # which documents went in, tokens each
-        report = {"context": context_report(session.prompt_only(request, settings, opts.revision))}
-    print_events(events, opts.output, buffer if opts.insert else None, opts.verbose, report)
+    print_events(events, opts.output, buffer if opts.insert else None, opts.verbose)
 
 
 def engine_token(given: str | None) -> str | None:
@@ -221,14 +218,6 @@ def _auto_context(
     return chosen.documents
 
 
-def context_report(prompt: Prompt) -> list[dict[str, object]]:
-    """Which files and chunks went into the prompt, why, and how many tokens each took."""
-    return [
-        {"path": d.path, "origin": d.origin, "tokens": n}
-        for d, n in zip(prompt.task.context, prompt.context_tokens, strict=True)
-    ]
-
-
 def _show_prompt(request: CompletionRequest, settings: Settings, opts: CompletionOptions) -> None:
     prompt = session.prompt_only(request, settings, opts.revision, ProgressBar)
     write(prompt.text)
@@ -246,16 +235,15 @@ def print_events(
     output: OutputFormat,
     insert: Buffer | None,
     verbose: bool,
-    extra: dict | None = None,
 ) -> None:
-    """Stream text as it comes (text), or one object at the end (json, with `extra`), or every event (jsonl)."""
+    """Stream text as it comes (text), or one object at the end (json), or every event (jsonl)."""
     done, cut = None, None
     record: dict = {}
     for event in _until_cut(events):
         if isinstance(event, StreamCut):  # what arrived is the completion; the error comes after it
             cut, event = event, event.partial
         if isinstance(event, Done):
-            done, record = event, {**event.to_json(), **(extra or {})}
+            done, record = event, event.to_json()
             if insert is not None:
                 record["buffer"] = (
                     insert.before + insert.text[: insert.cursor] + done.text + insert.text[insert.cursor :]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .events import Done, Timings, Token, Usage
 from .postprocess import Finisher, rules_for
-from .prompt import Prompt
+from .prompt import Prompt, context_report
 from .request import CompletionRequest
 from .tokenizer import Detokenizer, Tokenizer
 
@@ -82,6 +82,7 @@ class Assembly:
             truncated=prompt.truncated,
             healed=healed.decode("utf-8", "replace"),
             model=model,
+            context=tuple(context_report(prompt)),
         )
 
 

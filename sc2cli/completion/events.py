@@ -61,10 +61,11 @@ class Done:
     truncated: Truncation = field(default_factory=Truncation)
     healed: str = ""  # the prefix's last token, taken out of the prompt (token healing)
     model: str = ""
+    context: tuple[dict[str, Any], ...] = ()  # other files in the prompt: {path, origin, tokens} each
 
     def to_json(self) -> dict[str, Any]:
         """The record `--format json` prints and the server's native protocol sends."""
-        return {
+        out = {
             "type": "done",
             "text": self.text,
             "tokens": list(self.tokens),
@@ -78,6 +79,9 @@ class Done:
             "model": self.model,
             "timings": dataclasses.asdict(self.timings),
         }
+        if self.context:
+            out["context"] = list(self.context)
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Done:
@@ -91,6 +95,7 @@ class Done:
             truncated=Truncation(**raw["truncated"]),
             healed=raw.get("healed", ""),
             model=raw.get("model", ""),
+            context=tuple(raw.get("context") or ()),
         )
 
 

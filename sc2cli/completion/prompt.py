@@ -179,6 +179,14 @@ def build_prompt(
     )
 
 
+def context_report(prompt: Prompt) -> list[dict[str, object]]:
+    """Which files and chunks went into the prompt, why, and how many tokens each took."""
+    return [
+        {"path": d.path, "origin": d.origin, "tokens": n}
+        for d, n in zip(prompt.task.context, prompt.context_tokens, strict=True)
+    ]
+
+
 def context_tokens(task: FimTask, encoder: Encoder) -> tuple[int, ...]:
     """The tokens each context document takes in the prompt (its <file_sep>, path and text)."""
     return tuple(

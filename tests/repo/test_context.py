@@ -180,18 +180,12 @@ def test_paths_never_indexed(path):
 
 
 def test_format_json_reports_the_documents(repo):
-    from sc2cli.cli.buffer import context_report
-    from sc2cli.completion.prompt import Document, FimTask, build_prompt
+    from sc2cli.completion.prompt import Document, FimTask, build_prompt, context_report
     from sc2cli.completion.tokenizer import Tokenizer
 
-    fixture = Path(
-        os.environ.get(
-            "SC2_TOKENIZER_FIXTURE", Path(__file__).parents[3] / "shared/fixtures/starcoder2-tokenizer"
-        )
-    )
-    if not (fixture / "tokenizer.json").is_file():
-        pytest.skip("no tokenizer fixture")
-    real = Tokenizer.from_folder(fixture)
+    from ..fixtures import require_tokenizer_fixture
+
+    real = Tokenizer.from_folder(require_tokenizer_fixture())
     task = FimTask("x = ", "\n", "m.py", "r", (Document("a.py", "A = 1\n", "import"),))
     report = context_report(build_prompt(task, real, 500))
     assert report == [{"path": "a.py", "origin": "import", "tokens": 1 + len(real.encode("a.py\nA = 1\n"))}]
