@@ -101,6 +101,24 @@ def write_hub_checkpoint(
     return folder
 
 
+MEMORY_TEST_SHAPE = {
+    "vocab_size": 8192, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
+    "num_attention_heads": 8, "num_key_value_heads": 2,
+}  # fmt: skip  # ~100M parameters: big enough for peak-memory tests to mean something, quick to write
+
+
+def write_random_hub_checkpoint(folder: Path, config: dict[str, Any], dtype: torch.dtype) -> Path:
+    """Random weights (seeded) of `config`'s shapes, written as a hub checkpoint in `dtype`."""
+    from sc2cli.model.config import ModelConfig
+    from sc2cli.model.model import Starcoder2
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in Starcoder2(ModelConfig.from_dict(config)).named_parameters()}
+    state = {n: torch.randn(s).to(dtype) for n, s in shapes.items()}
+    return write_hub_checkpoint(folder, config, state, dtype=dtype)
+
+
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>", "<file_sep>",
 ]  # fmt: skip

@@ -18,7 +18,14 @@ from sc2cli.checkpoint.load import MAP_WINDOW_BYTES
 from sc2cli.checkpoint.safetensors import read_header
 from sc2cli.errors import CheckpointError
 
-from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
+from ..checkpoints import (
+    MEMORY_TEST_SHAPE,
+    hub_config,
+    reference_model,
+    state_dict_of,
+    write_hub_checkpoint,
+    write_random_hub_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,18 +148,10 @@ def test_progress_reports_every_byte(tmp_path, state):
 def test_bf16_load_of_an_fp32_file_peaks_near_the_converted_size(tmp_path):
     """Peak RSS while loading an fp32 checkpoint as bf16 stays within 1.15x the bf16 weights (plus the
     one mapped window), rather than file + model."""
-    config = hub_config(
-        vocab_size=8192, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2,
-    )  # fmt: skip
     from sc2cli.model.config import ModelConfig
 
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        from sc2cli.model.model import Starcoder2
-
-        shapes = {n: p.shape for n, p in Starcoder2(ModelConfig.from_dict(config)).named_parameters()}
-    folder = write_hub_checkpoint(tmp_path / "big", config, {n: torch.randn(s) for n, s in shapes.items()})
+    config = hub_config(**MEMORY_TEST_SHAPE)
+    folder = write_random_hub_checkpoint(tmp_path / "big", config, torch.float32)
     bf16_bytes = ModelConfig.from_dict(config).weight_bytes(2)
     script = textwrap.dedent(
         f"""

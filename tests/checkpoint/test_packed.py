@@ -17,7 +17,7 @@ from sc2cli.folders import cache_folder
 from sc2cli.model.config import ModelConfig
 from sc2cli.model.quant import QuantizedLinear
 
-from ..checkpoints import hub_config, write_hub_checkpoint, write_tiny_model
+from ..checkpoints import MEMORY_TEST_SHAPE, hub_config, write_random_hub_checkpoint, write_tiny_model
 
 SCHEMES = ["int8", "int4"]
 
@@ -119,17 +119,8 @@ def test_the_writer_leaves_no_temporary_file(folder):
 def test_quantizing_peaks_near_the_bf16_weights(tmp_path, quantize):
     """Peak RSS while loading and quantizing stays within 1.15x the bf16 weights: each matrix is quantized
     in row blocks and its bf16 original freed before the next."""
-    config = hub_config(
-        vocab_size=8192, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2,
-    )  # fmt: skip
-    from sc2cli.model.model import Starcoder2
-
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        shapes = {n: p.shape for n, p in Starcoder2(ModelConfig.from_dict(config)).named_parameters()}
-    state = {n: torch.randn(s).bfloat16() for n, s in shapes.items()}
-    folder = write_hub_checkpoint(tmp_path / "big", config, state, dtype=torch.bfloat16)
+    config = hub_config(**MEMORY_TEST_SHAPE)
+    folder = write_random_hub_checkpoint(tmp_path / "big", config, torch.bfloat16)
     bf16_bytes = ModelConfig.from_dict(config).weight_bytes(2)
     script = textwrap.dedent(
         f"""
