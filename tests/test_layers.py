@@ -12,6 +12,21 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sc2cli"
 
+LAYERS = {
+    "model",
+    "checkpoint",
+    "completion",
+    "serve",
+    "cli",
+    "session",
+    "bench",
+    "dev",
+    "engines",
+    "repo",
+    "eval",
+    "settings",
+}
+
 # layer -> layers it must never import (directly or inside a function)
 FORBIDDEN = {
     "model": {"checkpoint", "completion", "serve", "cli", "session", "bench", "dev", "settings", "engines"},
@@ -23,33 +38,9 @@ FORBIDDEN = {
     "bench": {"cli", "dev", "serve"},
     "repo": {"checkpoint", "serve", "cli", "session", "bench", "dev", "eval", "model", "engines"},
     "eval": {"cli", "serve", "dev", "bench"},
-    "settings": {
-        "model",
-        "checkpoint",
-        "completion",
-        "serve",
-        "cli",
-        "session",
-        "bench",
-        "dev",
-        "engines",
-        "repo",
-        "eval",
-    },
-    "errors": {
-        "model",
-        "checkpoint",
-        "completion",
-        "serve",
-        "cli",
-        "session",
-        "bench",
-        "dev",
-        "settings",
-        "engines",
-        "repo",
-        "eval",
-    },
+    # the foundations import no other layer (folders.py, errors.py and settings.py are imported by all)
+    "settings": LAYERS - {"settings"},
+    "errors": LAYERS,
 }
 
 
