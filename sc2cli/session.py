@@ -16,9 +16,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .checkpoint.names import model_key
+from .checkpoint.cache import cached_snapshot
+from .checkpoint.layout import read_config
+from .checkpoint.names import model_key, parse_model_name
 from .checkpoint.open import Checkpoint, open_checkpoint
 from .completion.events import Event
 from .completion.prompt import Prompt
@@ -71,6 +74,17 @@ def open_model_checkpoint(
             progress=progress,
             notice=display.notice,
         )
+
+
+def context_reach(settings: Settings, revision: str | None, budget: int) -> int:
+    """The prompt tokens automatic context is sized against: the budget, or a sliding-window model's window
+    when smaller (context farther back than the window is out of the first new token's sight; the tiny
+    model's 256-token window took a quarter of a 2,048-token budget of context and repeated itself). The
+    window comes from the checkpoint's config when it is on disk, without the network."""
+    target = parse_model_name(settings.model)
+    folder = target if isinstance(target, Path) else cached_snapshot(target, revision)
+    window = read_config(folder).sliding_window if folder is not None else None
+    return min(budget, window) if window else budget
 
 
 def open_engine(

@@ -208,6 +208,7 @@ def _auto_context(
     from ..repo.context import choose_context
 
     budget = settings.prompt_budget or default_budget(probable_device_type(settings.device))
+    budget = session.context_reach(settings, opts.revision, budget)
     chosen = choose_context(
         Path(path), prefix, suffix, budget, settings.max_tokens, opts.context_budget, given
     )

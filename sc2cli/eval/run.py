@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .. import session
 from ..completion.events import Done, Event, Token
 from ..completion.request import CompletionRequest
 from ..completion.sampling import Sampling
@@ -96,7 +97,7 @@ def request_for(
             root / span.path,
             span.prefix,
             span.suffix,
-            budget,
+            session.context_reach(settings, None, budget),
             settings.max_tokens,
             share,
             index_budget_s=None,
