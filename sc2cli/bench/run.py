@@ -26,7 +26,7 @@ from ..completion.events import Done
 from ..completion.request import CompletionRequest
 from ..completion.tokenizer import Tokenizer
 from ..errors import InputError
-from ..model.attention import select_backend
+from ..model.attention import plan_single_query, select_backend
 from ..model.device import default_budget, resolve_device, resolve_dtype
 from ..model.linear import prepare
 from ..model.model import Starcoder2
@@ -114,6 +114,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
             "dtype": str(resolve_dtype(options.dtype, device)).removeprefix("torch."),
             "kernels": kernels,
             "attn": model.attn_backend,
+            "one_token_attention": model.single_query,
             "torch": torch.__version__,
             "parameters_b": round(model.config.num_parameters() / 1e9, 3),
         }
@@ -159,7 +160,9 @@ def _build(
     dtype = resolve_dtype(options.dtype, device)
     if options.quantize == "int8" and options.dtype in (None, "auto") and device.type == "cpu":
         dtype = torch.bfloat16
-    model = random_model(config, device, dtype, select_backend(options.attn, device, dtype), options.seed)
+    backend = select_backend(options.attn, device, dtype)
+    model = random_model(config, device, dtype, backend, options.seed)
+    model.set_attention(backend, plan_single_query(config, backend, device, dtype))
     log(f"built a random {options.shape} ({config.num_hidden_layers} layers, {dtype})")
     return model, TINY_DIR if options.shape == "tiny" else None, None
 

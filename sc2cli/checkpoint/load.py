@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..model.attention import select_backend
+from ..model.attention import plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
-from ..model.linear import QUANTIZATIONS, Plan, linear_shapes, plan_kernels, prepare
+from ..model.linear import PROBE_MIN_BYTES, QUANTIZATIONS, Plan, linear_shapes, plan_kernels, prepare
 from ..model.model import Starcoder2
 from ..model.quant import INT4_GROUP, KINDS, int4_layout
 from .layout import checkpoint_files, read_config
@@ -208,11 +208,16 @@ def load_checkpoint(
         model = Starcoder2(config, attn=backend)
     shapes, weight_bytes = linear_shapes(model)
     plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
+    model.set_attention(
+        backend, plan_single_query(config, backend, device, dtype, kernels, weight_bytes >= PROBE_MIN_BYTES)
+    )
     if quantize == "none":
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
         model.kernels = prepare(model, quantize, plan)
     else:
         model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
+    if model.single_query != "fused":
+        model.kernels += f"; one-token attention {model.single_query}"
     model.checkpoint_dir = folder
     return model.eval()
 

@@ -11,6 +11,9 @@ decision with its candidate paths:
 - `prefill`: bf16/fp16 weights times a prompt's many rows: `linear` or `upcast` (fp32 through a scratch
   copy of the weight, exactly bf16's arithmetic).
 - `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
+- `attention`: one token's attention under the sdpa backend, `fused` (PyTorch's kernel) or `grouped`
+  (fp32 matrix products, each K/V head read once per query group; attention.py). Keyed by the widths of
+  q and k rather than a weight's shape.
 
 `choose` times each candidate on the model's own weights of each distinct shape (a few repetitions,
 interleaved) and remembers the winner per machine (CPU model and flags, threads) and torch version in
@@ -37,8 +40,14 @@ ROLES: dict[str, tuple[str, ...]] = {
     "decode": ("onednn", "linear", "packed"),
     "prefill": ("linear", "upcast"),
     "int8": ("dynamic", "weight-only"),
+    "attention": ("fused", "grouped"),
 }
-PROBE_ROWS = {"decode": 1, "prefill": 16, "int8": 1}  # int8's layout serves both: decode dominates
+PROBE_ROWS = {
+    "decode": 1,
+    "prefill": 16,
+    "int8": 1,
+    "attention": 1,
+}  # int8's layout serves both: decode dominates
 PROBE_REPS = 3
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.

@@ -165,20 +165,21 @@ class Starcoder2(nn.Module):
     """`model(input_ids)` -> logits (B, T, vocab). With a `KVCache`, the tokens continue the cached ones
     at position `cache.length`, and the cache grows by T."""
 
-    def __init__(self, config: ModelConfig, attn: str = "sdpa") -> None:
+    def __init__(self, config: ModelConfig, attn: str = "sdpa", single_query: str = "fused") -> None:
         super().__init__()
         self.config = config
-        self.attn_backend = attn
-        self.model = Decoder(config, attention_function(attn))
+        self.attn_backend, self.single_query = attn, single_query
+        self.model = Decoder(config, attention_function(attn, single_query))
         self.rotary = Rotary(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
-    def set_attention(self, attn: str) -> None:
-        """Switch every layer to another backend (already chosen by `attention.select_backend`)."""
-        self.attn_backend = attn
+    def set_attention(self, attn: str, single_query: str = "fused") -> None:
+        """Switch every layer to another backend (already chosen by `attention.select_backend`), one-token
+        calls to `single_query`'s path (`attention.plan_single_query`)."""
+        self.attn_backend, self.single_query = attn, single_query
         for block in self.model.layers:
-            block.self_attn.attend = attention_function(attn)
+            block.self_attn.attend = attention_function(attn, single_query)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

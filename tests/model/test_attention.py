@@ -7,12 +7,16 @@ import torch
 
 from sc2cli.errors import InputError
 from sc2cli.model.attention import (
+    attention_function,
     eager_attention,
     first_visible_key,
+    grouped_attention,
+    plan_single_query,
     sdpa_attention,
     select_backend,
     visibility,
 )
+from sc2cli.model.config import ModelConfig
 
 
 def rule(i: int, j: int, window: int | None) -> bool:
@@ -48,6 +52,57 @@ def test_sdpa_equals_eager(groups, q_start, length, window):
     k, v = torch.randn(2, 2, s, 16), torch.randn(2, 2, s, 16)
     vis = visibility(q_start, length, k_start, window, q.device)
     torch.testing.assert_close(sdpa_attention(q, k, v, vis), eager_attention(q, k, v, vis), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize(
+    ("q_start", "length", "window"), [(0, 10, None), (0, 10, 4), (6, 5, 4), (9, 1, 4), (30, 1, None)]
+)
+def test_grouped_equals_sdpa(groups, q_start, length, window):
+    """The grouped fp32 path gives the fused kernel's numbers, for one query and (masked) many."""
+    torch.manual_seed(1)
+    k_start = first_visible_key(q_start, window)
+    s = q_start + length - k_start
+    q = torch.randn(2, 2 * groups, length, 16)
+    k, v = torch.randn(2, 2, s, 16), torch.randn(2, 2, s, 16)
+    vis = visibility(q_start, length, k_start, window, q.device)
+    torch.testing.assert_close(
+        grouped_attention(q, k, v, vis), sdpa_attention(q, k, v, vis), atol=1e-5, rtol=0
+    )
+    # in bf16 it accumulates in fp32 as the fused kernel does: within one bf16 rounding of it
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    fused, grouped = sdpa_attention(q, k, v, vis).float(), grouped_attention(q, k, v, vis)
+    assert grouped.dtype == torch.bfloat16
+    torch.testing.assert_close(grouped.float(), fused, atol=2e-2, rtol=1e-2)
+
+
+def test_single_query_path_takes_only_one_token_calls(monkeypatch):
+    calls = []
+    monkeypatch.setattr("sc2cli.model.attention._FUNCTIONS", {"sdpa": lambda *a: calls.append("fused")})
+    monkeypatch.setattr("sc2cli.model.attention.grouped_attention", lambda *a: calls.append("grouped"))
+    attend = attention_function("sdpa", "grouped")
+    vis = visibility(4, 1, 0, None, torch.device("cpu"))
+    attend(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), vis)
+    attend(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), vis)
+    assert calls == ["grouped", "fused"]
+    assert attention_function("sdpa", "fused") is not None
+
+
+def test_single_query_plan_is_forced_measured_or_not_offered(monkeypatch):
+    config = ModelConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                         num_hidden_layers=1, vocab_size=32)  # fmt: skip
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert plan_single_query(config, "sdpa", cpu, bf16, "attention=fused") == "fused"
+    assert plan_single_query(config, "sdpa", cpu, bf16, "attention=grouped") == "grouped"
+    assert plan_single_query(config, "eager", cpu, bf16, "attention=grouped") == "fused"  # no choice there
+    assert plan_single_query(config, "sdpa", torch.device("meta"), bf16) == "fused"  # only CPUs choose
+    assert plan_single_query(config, "sdpa", cpu, bf16, measure=False) == "grouped"  # tiny models: no probe
+    measured = plan_single_query(config, "sdpa", cpu, bf16)  # timed here, remembered in the cache folder
+    assert measured in ("fused", "grouped")
+    monkeypatch.setattr(
+        "sc2cli.model.attention._single_query_candidates", lambda *a: pytest.fail("re-measured")
+    )
+    assert plan_single_query(config, "sdpa", cpu, bf16) == measured
 
 
 def test_auto_picks_sdpa_on_cpu():

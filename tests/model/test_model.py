@@ -55,10 +55,13 @@ def test_full_forward_matches_reference(pair, tokens, attn, ref_impl):
     torch.testing.assert_close(got, reference_logits(ref, tokens, ref_impl), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_token_by_token_decode_matches_reference(pair, tokens, attn):
+@pytest.mark.parametrize(
+    ("attn", "single_query"), [("eager", "fused"), ("sdpa", "fused"), ("sdpa", "grouped")]
+)
+def test_token_by_token_decode_matches_reference(pair, tokens, attn, single_query):
     ref, folder, _ = pair
     ours = sc2cli.load_model(folder, dtype="fp32", attn=attn, device="cpu")
+    ours.set_attention(attn, single_query)
     cache = ours.new_cache(batch_size=2)
     with torch.no_grad():
         steps = [ours(tokens[:, t : t + 1], cache) for t in range(SEQ)]
