@@ -30,6 +30,7 @@ from ..model.attention import plan_single_query, select_backend
 from ..model.device import default_budget, resolve_device, resolve_dtype
 from ..model.linear import prepare
 from ..model.model import Starcoder2
+from ..model.rows import model_row_costs
 from .measure import (
     decode_rate,
     interleaved,
@@ -106,6 +107,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
         twin = REFERENCES["transformers"].twin(model) if options.vs_transformers else None
         reference = unquantized_twin(model) if options.quantize != "none" else None
         kernels = prepare(model, options.quantize)
+        model.row_costs = model_row_costs(model)
     report.setup.update(
         {
             "model": options.model or f"random {options.shape}",
@@ -115,6 +117,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
             "kernels": kernels,
             "attn": model.attn_backend,
             "one_token_attention": model.single_query,
+            "row_costs": model.row_costs,
             "torch": torch.__version__,
             "parameters_b": round(model.config.num_parameters() / 1e9, 3),
         }
@@ -203,7 +206,9 @@ def _bench_decode(options: BenchOptions, model, twin, report: Report, log) -> No
         report.add("decode_tok_s", name, round(rate, 2))
     weights = weight_bytes_per_token(model)
     report.setup["weight_bytes_per_token_gb"] = round(weights / 1e9, 3)
-    report.add("decode_bandwidth_gbps", "sc2", round(weights * rates["sc2"] / 1e9, 3))
+    report.add(
+        "decode_bandwidth_gbps", "sc2", float(f"{weights * rates['sc2'] / 1e9:.3g}")
+    )  # a tiny model: still > 0
     log("decode: " + ", ".join(f"{n} {r:.2f} tok/s" for n, r in rates.items()))
 
 

@@ -26,6 +26,7 @@ from ..model.device import resolve_device, resolve_dtype
 from ..model.linear import PROBE_MIN_BYTES, QUANTIZATIONS, Plan, linear_shapes, plan_kernels, prepare
 from ..model.model import Starcoder2
 from ..model.quant import INT4_GROUP, KINDS, int4_layout
+from ..model.rows import model_row_costs
 from .layout import checkpoint_files, read_config
 from .packed import packed_path, packed_usable, read_packed, tensor_bytes, write_packed
 from .safetensors import TensorEntry, checkpoint_entries
@@ -208,16 +209,18 @@ def load_checkpoint(
         model = Starcoder2(config, attn=backend)
     shapes, weight_bytes = linear_shapes(model)
     plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
-    model.set_attention(
-        backend, plan_single_query(config, backend, device, dtype, kernels, weight_bytes >= PROBE_MIN_BYTES)
-    )
     if quantize == "none":
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
         model.kernels = prepare(model, quantize, plan)
     else:
         model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
+    # measured once the weights are in place: the probe's freed buffers raise glibc's mmap threshold, after
+    # which freed weights' pages could stay with the process (+50% peak memory while loading)
+    measure = weight_bytes >= PROBE_MIN_BYTES
+    model.set_attention(backend, plan_single_query(config, backend, device, dtype, kernels, measure))
     if model.single_query != "fused":
         model.kernels += f"; one-token attention {model.single_query}"
+    model.row_costs = model_row_costs(model)
     model.checkpoint_dir = folder
     return model.eval()
 

@@ -15,19 +15,41 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.rows import MAX_VERIFY_ROWS
+
 NGRAM_SIZES = (3, 2, 1)  # the longest match is tried first: it predicts the continuation best
-MAX_DRAFT = 6  # tokens per draft; 7 rows keep bf16 CPU matrices below UPCAST_MIN_ROWS (model/linear.py)
+MAX_DRAFT = MAX_VERIFY_ROWS - 1  # tokens per draft at most; the cost curve usually stops it sooner
+# A first guess at how often a drafted token is kept, as pseudo-counts (kept, drafts cut short): 60%, worth
+# two drafts' evidence; each request then learns its own rate.
+PRIOR = (1.2, 0.8)
 
 
 @dataclass
 class Speculation:
-    """How to draft (`max_draft` tokens at most, matching the last `sizes` tokens) and, after a run, how it
-    went: `drafted` tokens verified, `accepted` of them kept."""
+    """How to draft (`max_draft` tokens at most, matching the last `sizes` tokens; `costs[i]`: a forward
+    over i+1 rows against one, model/rows.py; None: as cheap as one) and, after a run, how it went:
+    `drafted` tokens verified, `accepted` of them kept."""
 
     max_draft: int = MAX_DRAFT
     sizes: tuple[int, ...] = NGRAM_SIZES
+    costs: tuple[float, ...] | None = None
     drafted: int = 0
     accepted: int = 0
+
+
+def draft_length(rate: float, costs: tuple[float, ...] | None, limit: int) -> int:
+    """How many drafted tokens to verify (0: none) so that the tokens a pass yields per unit of its cost
+    are most: k drafts kept one after another with probability `rate` each yield (1 - rate^(k+1)) /
+    (1 - rate) tokens (the model's own next token included) for `costs[k]` (a plain step: 1 token for 1)."""
+    best, best_value = 0, 1.0
+    for k in range(1, limit + 1):
+        if costs is not None and k >= len(costs):
+            break  # not measured
+        cost = 1.0 if costs is None else costs[k]
+        tokens = k + 1 if rate >= 1 else (1 - rate ** (k + 1)) / (1 - rate)
+        if tokens / cost > best_value:
+            best, best_value = k, tokens / cost
+    return best
 
 
 class Drafter:
@@ -39,6 +61,7 @@ class Drafter:
         self.speculation = speculation
         self.sizes = speculation.sizes
         self.max_draft = speculation.max_draft
+        self.kept, self.cut = PRIOR  # this request's evidence on drafted tokens (see `rate`)
         self.follows: dict[tuple[int, ...], int] = {}
         for end in range(1, len(self.ids)):
             self._index(end)
@@ -58,12 +81,20 @@ class Drafter:
         """The model verified `drafts` and kept the first `kept`: count them, and go on after those."""
         self.speculation.drafted += len(drafts)
         self.speculation.accepted += kept
+        self.kept += kept
+        self.cut += kept < len(drafts)
         self.push(drafts[:kept])
 
+    @property
+    def rate(self) -> float:
+        """How likely the next drafted token is kept, given the one before it was: kept tokens over kept
+        tokens and rejections (a draft stops at its first rejection), with the prior's pseudo-counts."""
+        return self.kept / (self.kept + self.cut)
+
     def draft(self, limit: int) -> list[int]:
-        """Up to `limit` (and `max_draft`) tokens that followed the longest match of the sequence's end;
-        empty when nothing matches."""
-        limit = min(limit, self.max_draft)
+        """Up to `limit` (and `max_draft`) tokens that followed the longest match of the sequence's end, as
+        many as pay for their verification (`draft_length`); empty when nothing matches."""
+        limit = draft_length(self.rate, self.speculation.costs, min(limit, self.max_draft))
         if limit < 1:
             return []
         for n in self.sizes:

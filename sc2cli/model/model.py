@@ -173,6 +173,7 @@ class Starcoder2(nn.Module):
         self.rotary = Rotary(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
+        self.row_costs: tuple[float, ...] | None = None  # a forward over 1, 2, ... rows against one (rows.py)
 
     def set_attention(self, attn: str, single_query: str = "fused") -> None:
         """Switch every layer to another backend (already chosen by `attention.select_backend`), one-token

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sc2cli
 from sc2cli.completion.generate import PromptCache, generate, healing_mask, prefill
 from sc2cli.completion.sampling import Sampling
-from sc2cli.completion.speculate import Drafter, Speculation, accept_or_resample
+from sc2cli.completion.speculate import Drafter, Speculation, accept_or_resample, draft_length
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 
@@ -49,6 +51,51 @@ def test_accepting_counts_and_goes_on_after_the_kept_tokens():
     drafter.accept([3, 8, 1], 2)
     assert (speculation.drafted, speculation.accepted) == (3, 2)
     assert drafter.ids[-2:] == [3, 8]
+
+
+def test_draft_length_weighs_expected_tokens_against_the_cost_of_rows():
+    flat = (1.0,) * 9
+    assert draft_length(0.6, flat, 8) == 8  # free rows: draft as far as allowed
+    assert draft_length(0.6, None, 5) == 5  # unmeasured: as cheap as one row
+    assert draft_length(0.6, flat, 3) == 3
+    steep = (1.0, 1.23, 1.4, 1.55, 1.6, 2.8, 2.83, 2.9, 3.3)  # int4's tinygemm, 2 threads
+    assert draft_length(0.8, steep, 8) == 4  # 3.36 tokens for 1.6 beats 4.69 for 2.83
+    assert draft_length(0.15, steep, 8) == 0  # rarely kept: a plain step is worth more
+    assert draft_length(0.15, flat, 8) == 8  # ... unless extra rows cost nothing
+    assert draft_length(1.0, steep, 8) == 4  # always kept: 5 tokens for 1.6 beat 9 for 3.3
+    assert draft_length(1.0, flat, 8) == 8
+    assert draft_length(0.6, (1.0, 1.1), 8) == 1  # rows beyond the measured curve are never drafted
+
+
+@given(
+    rate=st.floats(0, 1),
+    costs=st.lists(st.floats(1, 10), min_size=1, max_size=10).map(lambda c: tuple(sorted(c))),
+    limit=st.integers(0, 12),
+)
+def test_draft_length_stays_within_the_limit_and_the_curve(rate, costs, limit):
+    k = draft_length(rate, costs, limit)
+    assert 0 <= k <= min(limit, len(costs) - 1)
+    if k:  # chosen only when it yields more tokens per unit of cost than a plain step
+        expected = k + 1 if rate >= 1 else (1 - rate ** (k + 1)) / (1 - rate)
+        assert expected / costs[k] > 1
+
+
+def test_the_drafter_learns_its_rate_and_stops_drafting_when_it_does_not_pay():
+    steep = (1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+    drafter = Drafter([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2], Speculation(costs=steep))
+    first = drafter.draft(8)
+    assert first and first[0] == 3  # the prior (60%) pays for a short draft
+    for _ in range(4):
+        drafter.accept(drafter.draft(8) or [9], 0)  # every draft rejected at once
+    assert drafter.rate < 0.3
+    drafter.push([1, 2])
+    assert drafter.draft(8) == []  # a match, but verifying it would cost more than it yields
+    for _ in range(20):
+        drafter.push([3])
+        drafter.accept([4, 5], 2)  # now everything is kept
+    assert drafter.rate > 0.85
+    drafter.push([1, 2])
+    assert len(drafter.draft(8)) > len(first)
 
 
 # ------------------------------------------------------------------------------------------------ sampling rule

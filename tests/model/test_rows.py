@@ -1,0 +1,46 @@
+"""The cost curve of a forward over a few rows: measured on the model's own MLP, shaped for the draft rule."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+import sc2cli
+from sc2cli.checkpoint.names import TINY_DIR
+from sc2cli.model.rows import MAX_VERIFY_ROWS, model_row_costs, row_costs
+
+
+def test_row_costs_start_at_one_and_never_fall():
+    mlp = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+    costs = row_costs(mlp, 64, torch.float32, 6)
+    assert len(costs) == 6 and costs[0] == 1.0
+    assert all(a <= b for a, b in itertools.pairwise(costs))
+
+
+def test_row_costs_see_what_the_kernel_costs(monkeypatch):
+    """A layer whose time grows with its rows gives a curve that grows with them (on a stubbed clock)."""
+    clock = {"now": 0.0}
+
+    class Fake(nn.Module):
+        def forward(self, x):
+            clock["now"] += x.shape[1]  # each call takes as many seconds as it has rows
+            return x
+
+    monkeypatch.setattr("sc2cli.model.rows.time.perf_counter", lambda: clock["now"])
+    assert row_costs(Fake(), 8, torch.float32, 4) == (1.0, 2.0, 3.0, 4.0)
+
+
+def test_tiny_models_are_not_measured():
+    model = sc2cli.load_model(TINY_DIR, dtype="fp32", device="cpu")
+    assert model.row_costs is None and model_row_costs(model) is None
+    assert MAX_VERIFY_ROWS >= 2
+
+
+def test_a_big_enough_model_is_measured_as_loaded(monkeypatch):
+    """The curve comes from the loaded model's own kernels (its nn.Linear layers already swapped)."""
+    model = sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu")
+    monkeypatch.setattr("sc2cli.model.rows.PROBE_MIN_BYTES", 0)
+    costs = model_row_costs(model)
+    assert costs is not None and len(costs) == MAX_VERIFY_ROWS and costs[0] == 1.0
