@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import zlib
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..folders import cache_folder
+from ..folders import cache_folder, cache_key, owned_by_user
 from ..model.quant import QuantizedLinear
 
 FORMAT = 1  # bump when what is stored changes meaning
@@ -40,9 +39,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 def packed_path(files: list[Path], description: dict[str, object]) -> tuple[Path, str]:
     """The cache file for these checkpoint files and this quantization `description`, and its key."""
-    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(files)]
-    what = {"format": FORMAT, "files": stats, "torch": torch.__version__, **description}
-    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    key = cache_key(files, format=FORMAT, torch=torch.__version__, **description)
     return cache_folder() / "packed" / f"{key[:40]}.safetensors", key
 
 
@@ -89,7 +86,7 @@ def packed_usable(path: Path, key: str, modules: set[str]) -> bool:
 
 def _checked_header(f, key: str, modules: set[str]) -> dict | None:
     info = os.fstat(f.fileno())
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+    if not owned_by_user(info):
         return None
     header = _header(f, info.st_size, key)
     return header if header is not None and set(header["__kinds__"]) == modules else None
