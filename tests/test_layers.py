@@ -109,6 +109,7 @@ TORCH_FREE = [
     "sc2cli.model.device",
     "sc2cli.checkpoint.open",
     "sc2cli.checkpoint.cache",
+    "sc2cli.checkpoint.gguf",  # bf16 checkpoints convert without torch; others import it to round
     "sc2cli.completion.request",
     "sc2cli.completion.events",
     "sc2cli.completion.cursor",
