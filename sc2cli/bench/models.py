@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from ..model.device import resolve_dtype
 from ..model.linear import UpcastLinear
 from ..model.model import Starcoder2
 from ..model.quant import QuantizedLinear
+from ..settings import config_path
 
 
 def shape_config(shape: str, layers: int | None) -> ModelConfig:
@@ -195,6 +197,19 @@ def write_random_checkpoint(
     config = shape_config(shape, layers)
     model = random_model(config, torch.device("cpu"), torch.bfloat16, "sdpa", seed)
     return save_checkpoint(model, folder, resolve_dtype(file_dtype, torch.device("cpu")))
+
+
+def random_checkpoint(shape: str, layers: int | None, file_dtype: str, log: Callable[[str], None]) -> Path:
+    """The random checkpoint of a shape that `--load` and llama.cpp read, written once to the bench folder
+    beside the config file, with the tiny model's tokenizer (a GGUF file needs one)."""
+    folder = config_path().parent / "bench" / f"{shape}-{layers or 'all'}-{file_dtype}"
+    if not (folder / "model.safetensors").is_file():
+        log(f"writing a random {shape} checkpoint ({file_dtype}) to {folder}")
+        write_random_checkpoint(shape, layers, folder, file_dtype)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if not (folder / name).is_file():
+            shutil.copyfile(TINY_DIR / name, folder / name)
+    return folder
 
 
 @torch.inference_mode()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError
-from ..settings import config_path, parse_options
+from ..settings import parse_options
 from . import completers
 from .app import app
 from .options import AttnOpt, DeviceOpt, DtypeOpt, given_settings
@@ -72,19 +72,14 @@ def bench(
 
 def _bench_load(report, options, checkpoint_dtype: str, log) -> None:
     """Load time and peak RSS from disk, ours and (with --vs) transformers', in fresh processes."""
-    from ..bench import measure_load, write_random_checkpoint
+    from ..bench import measure_load, random_checkpoint
     from ..checkpoint.layout import read_config
     from ..checkpoint.open import resolve_model
 
     if options.model:
         folder = resolve_model(options.model)
     else:
-        folder = (
-            config_path().parent / "bench" / f"{options.shape}-{options.layers or 'all'}-{checkpoint_dtype}"
-        )
-        if not (folder / "model.safetensors").is_file():
-            log(f"writing a random {options.shape} checkpoint ({checkpoint_dtype}) to {folder}")
-            write_random_checkpoint(options.shape, options.layers, folder, checkpoint_dtype)
+        folder = random_checkpoint(options.shape, options.layers, checkpoint_dtype, log)
     engines = ["sc2"] + (["transformers"] if options.vs_transformers else [])
     dtype = options.dtype if options.dtype not in (None, "auto") else "bf16"
     for engine, figures in measure_load(folder, engines, dtype).items():
