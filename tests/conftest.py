@@ -1,5 +1,5 @@
 """Every test runs with its own config folder, Hugging Face cache, sc2 cache and server runtime folder, with none of the
-user's SC2_* settings, and never reaches the network."""
+user's SC2_* settings and no llama.cpp, and never reaches the network."""
 
 from __future__ import annotations
 
@@ -39,3 +39,6 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SC2_RUNTIME_DIR", str(home / "run"))  # a warm server of the user's is never used
     for name in USER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(
+        "SC2_LLAMA_CPP", "none"
+    )  # a llama.cpp on the user's PATH is never run by the bench tests

@@ -1,7 +1,9 @@
-"""`sc2 bench`: how fast a model runs here, measured the same way for sc2 and (optionally) transformers.
+"""`sc2 bench`: how fast a model runs here, measured the same way for sc2 and (optionally) transformers and
+llama.cpp.
 
 Every figure is the median of several runs after a warm-up; rival engines run on the same weights in the
-same process, interleaved, so their ratio is fair on a noisy machine. A random-weight model of a real
+same run, interleaved (transformers in this process, llama.cpp's llama-bench as a subprocess on the
+checkpoint converted to GGUF), so their ratio is fair on a noisy machine. A random-weight model of a real
 shape (`--shape 3b`) shows the speed before downloading anything; its runs never stop early on EOS.
 Measurements only: nothing here asserts a time.
 """
@@ -31,6 +33,15 @@ from ..model.device import default_budget, resolve_device, resolve_dtype
 from ..model.linear import prepare
 from ..model.model import Starcoder2
 from ..model.rows import model_row_costs
+from .llama_cpp import (
+    FILE_TYPES,
+    LlamaBench,
+    LlamaCpp,
+    LlamaCppError,
+    find_llama_cpp,
+    gguf_for,
+    llama_cpp_off,
+)
 from .measure import (
     decode_rate,
     interleaved,
@@ -49,6 +60,7 @@ from .models import (
     fim_request,
     greedy_agreement,
     prompt_ids,
+    random_checkpoint,
     random_model,
     sample_document,
     shape_config,
@@ -74,7 +86,12 @@ class BenchOptions:
     compile: bool = False
     edits: bool = False  # time to first token: cold, identical repeat, after a one-line edit (warm server)
     speculate: bool = False  # decode with and without drafts from the prompt (speculate.py's workloads)
+    llama_cpp: str | None = None  # llama.cpp beside sc2: a path or "none" (else $SC2_LLAMA_CPP, then PATH)
+    look_for_llama_cpp: bool = False  # whether to look for it at all when llama_cpp is None
     seed: int = 0
+
+
+RIVALS = ("transformers", "llama.cpp")  # the engines sc2's figures are divided by
 
 
 @dataclass
@@ -87,13 +104,32 @@ class Report:
     def add(self, metric: str, engine: str, value: float) -> None:
         self.results.setdefault(metric, {})[engine] = value
 
+    def ratios(self) -> dict[str, dict[str, float]]:
+        """sc2's figure over each rival engine's, for every metric both have: above 1 is sc2 faster for
+        tokens per second, slower for seconds."""
+        out: dict[str, dict[str, float]] = {}
+        for metric, values in self.results.items():
+            ours = values.get("sc2")
+            for engine, theirs in values.items():
+                if engine.startswith(RIVALS) and ours and theirs:
+                    out.setdefault(metric, {})[f"sc2 / {engine}"] = round(ours / theirs, 3)
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {"setup": self.setup, "machine": self.machine, "results": self.results, "notes": self.notes}
+        return {
+            "setup": self.setup,
+            "machine": self.machine,
+            "results": self.results,
+            "ratios": self.ratios(),
+            "notes": self.notes,
+        }
 
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None) -> Report:
     device = resolve_device(options.device)
     report = Report()
+    label = options.model or f"random {options.shape}"
+    options, llama = _find_llama(options, report, log)  # before anything runs: a wrong path fails at once
     report.machine = {**memory_bandwidth(), "threads": torch.get_num_threads()}
     log(f"memory: {report.machine['copy_gbps']} GB/s copy, {report.machine['read_gbps']} GB/s read")
     model, folder, load_s = _build(options, device, report, log)
@@ -110,7 +146,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
         model.row_costs = model_row_costs(model)
     report.setup.update(
         {
-            "model": options.model or f"random {options.shape}",
+            "model": label,
             "layers": model.config.num_hidden_layers,
             "device": str(device),
             "dtype": str(resolve_dtype(options.dtype, device)).removeprefix("torch."),
@@ -124,8 +160,11 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     )
     if load_s is not None:
         report.add("load_s", "sc2", round(load_s, 2))
-    _bench_prefill(options, model, twin, report, log)
-    _bench_decode(options, model, twin, report, log)
+    rival = _llama_bench(options, folder, llama, device, report, log)
+    _bench_prefill(options, model, twin, rival, report, log)
+    _bench_decode(options, model, twin, rival, report, log)
+    if rival is not None and rival.failure is not None:
+        report.notes.append(f"{rival.name}: {rival.failure}")
     if options.compile:
         _bench_compile(options, model, report, log)
     tokenizer = bench_tokenizer(folder)
@@ -170,11 +209,58 @@ def _build(
     return model, TINY_DIR if options.shape == "tiny" else None, None
 
 
+def _find_llama(options: BenchOptions, report: Report, log) -> tuple[BenchOptions, LlamaCpp | None]:
+    """The llama.cpp build to run beside sc2, if any; the options to run with. llama.cpp reads weights from
+    files: a random shape is written to disk first (once) when llama.cpp was given by path; found on PATH,
+    it is left out rather than writing gigabytes unasked."""
+    if options.llama_cpp is None and not options.look_for_llama_cpp:
+        return options, None
+    llama = find_llama_cpp(options.llama_cpp)
+    if llama is None:
+        if not llama_cpp_off(options.llama_cpp):
+            report.notes.append(
+                "llama.cpp: not found (give --llama-cpp PATH or set SC2_LLAMA_CPP to compare)"
+            )
+        return options, None
+    if options.shape is None:
+        return options, llama
+    if llama.source == "PATH":
+        report.notes.append(
+            "llama.cpp: not run on random --shape weights unless given with --llama-cpp PATH or "
+            "SC2_LLAMA_CPP (which writes them to disk first), or on a checkpoint (-m)"
+        )
+        return options, None
+    folder = random_checkpoint(options.shape, options.layers, "bf16", log)
+    return dataclasses.replace(options, model=str(folder), shape=None), llama
+
+
+def _llama_bench(
+    options: BenchOptions,
+    folder: Path | None,
+    llama: LlamaCpp | None,
+    device: torch.device,
+    report: Report,
+    log,
+) -> LlamaBench | None:
+    """llama-bench on the GGUF that pairs with sc2's mode (made now if not cached), or None with a note."""
+    if llama is None:
+        return None
+    file_type = FILE_TYPES[options.quantize]
+    report.setup["llama_cpp"] = str(llama.bin)
+    try:
+        name = options.model.rstrip("/").rsplit("/", 1)[-1] if options.model else "random"
+        gguf = gguf_for(folder, file_type, llama, name, log)
+    except LlamaCppError as e:
+        report.notes.append(f"llama.cpp {file_type}: {e}")
+        return None
+    return LlamaBench(llama, gguf, file_type, torch.get_num_threads(), cpu=device.type == "cpu")
+
+
 def _unquantized(folder: Path | None, device: torch.device, options: BenchOptions) -> Starcoder2:
     return load_checkpoint(folder, device=device, dtype=options.dtype, attn=options.attn)
 
 
-def _bench_prefill(options: BenchOptions, model, twin, report: Report, log) -> None:
+def _bench_prefill(options: BenchOptions, model, twin, rival: LlamaBench | None, report: Report, log) -> None:
     limit = model.config.max_position_embeddings
     for length in options.prompt_lengths:
         if length >= limit:
@@ -185,13 +271,22 @@ def _bench_prefill(options: BenchOptions, model, twin, report: Report, log) -> N
         )
         for run in engines.values():
             run()  # warm-up
-        timed = interleaved(options.runs, {n: (lambda r=r: median_time(r, 1, 0)) for n, r in engines.items()})
+        timed = {n: (lambda r=r: median_time(r, 1, 0)) for n, r in engines.items()}
+        if rival is not None and rival.failure is None:
+            timed[rival.name] = rival.prefill_seconds(length)  # llama-bench warms up in each run
+        timed = _measured(interleaved(options.runs, timed), rival)
         for name, seconds in timed.items():
             report.add(f"prefill_{length}_tok_s", name, round(length / seconds, 2))
         log(f"prefill {length}: " + ", ".join(f"{n} {length / s:.1f} tok/s" for n, s in timed.items()))
 
 
-def _bench_decode(options: BenchOptions, model, twin, report: Report, log) -> None:
+def _measured(figures: dict[str, float], rival: LlamaBench | None) -> dict[str, float]:
+    """The figures, less the rival's when one of its runs failed (then its failure is the report's note)."""
+    failed = rival is not None and rival.failure is not None
+    return {name: value for name, value in figures.items() if not (failed and name == rival.name)}
+
+
+def _bench_decode(options: BenchOptions, model, twin, rival: LlamaBench | None, report: Report, log) -> None:
     ids = random_ids(64, model.config.vocab_size, options.seed)
     n = options.decode_tokens
     engines = {"sc2": ours_generate(model, ids, n)}
@@ -199,9 +294,12 @@ def _bench_decode(options: BenchOptions, model, twin, report: Report, log) -> No
         engines["transformers"] = theirs_generate(twin, ids, n)
     for run in engines.values():
         run()  # warm-up, once: the interleaved samples below are one run each
-    rates = interleaved(
-        options.runs, {name: (lambda r=run: decode_rate(r, 1, 0)) for name, run in engines.items()}
-    )
+    measures = {name: (lambda r=run: decode_rate(r, 1, 0)) for name, run in engines.items()}
+    if rival is not None and rival.failure is None:
+        measures[rival.name] = rival.decode_rate(n)
+    rates = _measured(interleaved(options.runs, measures), rival)
+    if rival is not None and rival.build:
+        report.setup["llama_cpp_build"] = rival.build
     for name, rate in rates.items():
         report.add("decode_tok_s", name, round(rate, 2))
     weights = weight_bytes_per_token(model)

@@ -18,7 +18,7 @@ from .output import note, write
 @app.command(
     short_help="Measure speed: prefill, decode, load, memory.",
     rich_help_panel="Server",
-    epilog="Example:  sc2 bench --shape 3b --vs transformers --quantize int8",
+    epilog="Examples:  sc2 bench --shape 3b --quantize int8  ·  sc2 bench -m 3b --quantize int4 --llama-cpp ~/llama.cpp",
 )
 def bench(
     model: Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint (folder, repo id or alias).", autocompletion=completers.model_names)] = None,
@@ -29,6 +29,7 @@ def bench(
     attn: AttnOpt = None,
     quantize: Annotated[str, typer.Option(help="none, int8 or int4 (also reports greedy agreement with unquantized).", autocompletion=completers.values_of("quantize"))] = "none",
     vs: Annotated[str | None, typer.Option("--vs", help="Compare with another engine on the same weights: transformers.")] = None,
+    llama_cpp: Annotated[str | None, typer.Option("--llama-cpp", metavar="PATH", help="Run llama.cpp's llama-bench on the same weights too (BF16, Q8_0 or Q4_K_M as --quantize none, int8, int4): its bin folder, source tree or llama-bench. Default: $SC2_LLAMA_CPP, else llama-bench on PATH; 'none' skips it.")] = None,
     prompt_lengths: Annotated[str, typer.Option(help="Prefill lengths, comma-separated.")] = "128,512,2048",
     decode_tokens: Annotated[int, typer.Option(help="Tokens per decode measurement.")] = 32,
     runs: Annotated[int, typer.Option(help="Runs per figure (the median is reported).")] = 3,
@@ -59,6 +60,7 @@ def bench(
         model=model, shape=shape, layers=layers, device=device, dtype=dtype, attn=attn or "auto", quantize=quantize,
         prompt_lengths=lengths, decode_tokens=max(decode_tokens, 3), runs=max(runs, 1),
         vs_transformers=vs == "transformers", compile=compile, edits=edits, speculate=speculate,
+        llama_cpp=llama_cpp, look_for_llama_cpp=True,
     )  # fmt: skip
     log = (lambda message: None) if as_json else (lambda message: note(message, True))
     report = run_bench(options, log)
@@ -96,17 +98,17 @@ def _print_report(report) -> None:
     setup = ", ".join(f"{k}={v}" for k, v in report.setup.items())
     machine = ", ".join(f"{k}={v}" for k, v in report.machine.items())
     engines = sorted({e for values in report.results.values() for e in values}, key=lambda e: (e != "sc2", e))
+    ratios = report.ratios()
+    compared = sorted({name for values in ratios.values() for name in values})
     table = Table(title=f"sc2 bench: {setup}", caption=f"memory: {machine}")
     table.add_column("metric")
-    for engine in engines:
-        table.add_column(engine, justify="right")
-    compare = "transformers" in engines
-    if compare:
-        table.add_column("sc2 / transformers", justify="right")
+    for column in engines + compared:
+        table.add_column(column, justify="right")
     for metric, values in report.results.items():
         row = [metric] + [str(values.get(e, "")) for e in engines]
-        if compare:
-            a, b = values.get("sc2"), values.get("transformers")
-            row.append(f"{a / b:.2f}x" if a and b else "")
+        row += [f"{ratios[metric][c]:.2f}x" if c in ratios.get(metric, {}) else "" for c in compared]
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for line in report.notes:
+        console.print(f"note: {line}", markup=False, highlight=False)
