@@ -179,7 +179,8 @@ def hyperparameters(config: ModelConfig, name: str) -> Metadata:
 
 def tokenizer_metadata(folder: Path, config: ModelConfig) -> Metadata:
     """tokenizer.json as llama.cpp's BPE tokenizer reads it: every id's token and type (ids the file lacks
-    are unused `[PADn]`), the merges, the special tokens' ids."""
+    are unused `[PADn]`), the merges, the special tokens' ids. (A folder with only vocab.json and
+    merges.txt is refused: sc2's own checkpoints and the bigcode repos have tokenizer.json.)"""
     try:
         tok = json.loads((folder / TOKENIZER).read_text(encoding="utf-8"))
         model = tok["model"]
@@ -222,7 +223,8 @@ def _vocabulary(tok: dict, size: int, folder: Path) -> tuple[list[str], list[int
 
 def _pre_tokenizer(tok: dict, folder: Path) -> str:
     """StarCoder2's pre-tokenizer (each digit apart, then GPT-2's byte-level split) is llama.cpp's
-    `starcoder`; llama.cpp knows no way to describe another, so any other is refused."""
+    `starcoder`. llama.cpp names each pre-tokenizer it implements rather than describing one, so any other
+    is refused rather than guessed: a wrong name would tokenize differently without an error."""
     pre = tok.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     digits, byte_level = steps if len(steps) == 2 else ({}, {})
