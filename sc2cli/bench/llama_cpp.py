@@ -59,17 +59,17 @@ def find_llama_cpp(given: str | None) -> LlamaCpp | None:
     """`given` (a bin folder holding llama-bench, a llama.cpp source tree whose build/bin holds it, or the
     llama-bench binary), else `$SC2_LLAMA_CPP` (the same forms), else llama-bench on PATH. None when it is
     turned off (`none`) or not given and not found; a path that holds none is an InputError."""
-    for source, value in (("--llama-cpp", given), (f"${ENV}", os.environ.get(ENV))):
+    for source, value in (("--llama-cpp ", given), (f"${ENV}=", os.environ.get(ENV))):
         if value and value.lower() in OFF:
             return None
         if value:
             found = _bin_folder(Path(value).expanduser())
             if found is None:
                 raise InputError(
-                    f"{source} {value}: no {BENCH} there; give the folder holding llama.cpp's binaries, "
+                    f"{source}{value}: no {BENCH} there; give the folder holding llama.cpp's binaries, "
                     f"a llama.cpp source tree built in build/, or the {BENCH} binary"
                 )
-            return LlamaCpp(found, source)
+            return LlamaCpp(found, source.rstrip(" ="))
     on_path = shutil.which(BENCH)
     return LlamaCpp(Path(on_path).resolve().parent, "PATH") if on_path else None
 

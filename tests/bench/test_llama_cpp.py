@@ -117,7 +117,7 @@ def test_then_the_environment_then_path(fake_bin, tmp_path, monkeypatch):
     assert find_llama_cpp(None).source == f"${ENV}"
     assert find_llama_cpp(str(fake_bin)).source == "--llama-cpp"  # the option wins
     monkeypatch.setenv(ENV, str(tmp_path / "nowhere"))
-    with pytest.raises(InputError, match=r"\$SC2_LLAMA_CPP .*nowhere"):
+    with pytest.raises(InputError, match=r"\$SC2_LLAMA_CPP=.*nowhere: no llama-bench there"):
         find_llama_cpp(None)
     monkeypatch.setenv(ENV, "none")
     assert find_llama_cpp(None) is None
