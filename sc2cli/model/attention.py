@@ -167,14 +167,16 @@ def plan_single_query(
 ) -> str:
     """How one-token attention runs for `config`'s heads: only the CPU's sdpa
     backend has a choice, forced by `kernels` (`attention=fused|grouped`), remembered, or timed over
-    `PROBE_KEYS` keys here (kernels.py); `measure=False` (models too small to matter) takes `grouped`."""
+    `PROBE_KEYS` keys here (kernels.py); `measure=False` (models too small to matter) keeps `fused`, so a
+    tiny model runs one attention kernel whatever the number of new tokens (its near-flat logits would
+    otherwise pick other tokens when a warm cache splits a prompt differently)."""
     if device.type != "cpu" or backend != "sdpa":
         return "fused"
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     shape = (n_heads * hd, n_kv * hd)  # the widths of q and of k, as the choice is remembered
     choices = Choices()
     made = functools.partial(_single_query_candidates, n_heads, n_kv, hd, dtype)
-    default = None if measure else "grouped"
+    default = None if measure else "fused"
     path = choose(
         "attention", shape, list(SINGLE_QUERY), made, dtype, parse_forced(kernels), choices, default
     )

@@ -96,7 +96,7 @@ def test_single_query_plan_is_forced_measured_or_not_offered(monkeypatch):
     assert plan_single_query(config, "sdpa", cpu, bf16, "attention=grouped") == "grouped"
     assert plan_single_query(config, "eager", cpu, bf16, "attention=grouped") == "fused"  # no choice there
     assert plan_single_query(config, "sdpa", torch.device("meta"), bf16) == "fused"  # only CPUs choose
-    assert plan_single_query(config, "sdpa", cpu, bf16, measure=False) == "grouped"  # tiny models: no probe
+    assert plan_single_query(config, "sdpa", cpu, bf16, measure=False) == "fused"  # tiny models: no probe
     measured = plan_single_query(config, "sdpa", cpu, bf16)  # timed here, remembered in the cache folder
     assert measured in ("fused", "grouped")
     monkeypatch.setattr(
