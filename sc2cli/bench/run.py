@@ -393,6 +393,12 @@ def _bench_speculate(options: BenchOptions, model, tokenizer: Tokenizer, report:
     results = bench_speculation(
         engine, document, options.decode_tokens, options.runs, options.seed, report.add
     )
+    for engine, rate in report.results.get("decode_tok_s", {}).items():
+        if engine.startswith("llama.cpp"):  # its plain decode: llama-bench drafts nothing from the prompt
+            report.add("decode_overlap_tok_s", engine, rate)
+            report.notes.append(
+                f"{engine} in decode_overlap_tok_s: its plain decode (no drafts from the prompt)"
+            )
     for name, f in results.items():
         log(
             f"speculative decoding, {name.replace('_', '-')}: {f['speculate_tok_s']:.2f} vs {f['plain_tok_s']:.2f} "

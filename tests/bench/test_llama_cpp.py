@@ -226,6 +226,17 @@ def test_bench_json_has_the_ratios_and_notes_what_failed(folder, fake_bin, quick
     assert report["ratios"] == {}
 
 
+def test_speculation_on_the_overlap_workload_is_set_against_llama_cpps_plain_decode(folder, fake_bin, quick):
+    options = BenchOptions(model=str(folder), prompt_lengths=(16,), decode_tokens=4, runs=1, speculate=True,
+                           llama_cpp=str(fake_bin))  # fmt: skip
+    report = run_bench(options).to_json()
+    overlap = report["results"]["decode_overlap_tok_s"]
+    assert overlap["llama.cpp BF16"] == report["results"]["decode_tok_s"]["llama.cpp BF16"] == 100.0
+    ratio = report["ratios"]["decode_overlap_tok_s"]["sc2 / llama.cpp BF16"]
+    assert ratio == pytest.approx(overlap["sc2"] / 100.0, rel=0.01)
+    assert any("plain decode" in note for note in report["notes"])
+
+
 def test_without_llama_cpp_the_bench_runs_as_before_and_says_so(folder, tmp_path, quick, monkeypatch, capsys):
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
