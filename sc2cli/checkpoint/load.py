@@ -23,7 +23,15 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.attention import plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
-from ..model.linear import PROBE_MIN_BYTES, QUANTIZATIONS, Plan, linear_shapes, plan_kernels, prepare
+from ..model.linear import (
+    PROBE_MIN_BYTES,
+    QUANTIZATIONS,
+    Plan,
+    linear_shapes,
+    plan_kernels,
+    prepare,
+    use_prompt_paths,
+)
 from ..model.model import Starcoder2
 from ..model.quant import INT4_GROUP, KINDS, int4_layout
 from ..model.rows import model_row_costs
@@ -41,6 +49,9 @@ CHUNK_BYTES = 32 << 20  # the staging buffer for loads onto a GPU
 MAP_WINDOW_BYTES = 64 << 20  # the file mapped at once for loads onto the CPU (64 MB measured fastest)
 # Buffers some older exports saved next to the weights; they are recomputed, never loaded.
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+# Kernel choices that leave the packed weights as they are (the path of int4 prompts): not part of the
+# packed-weight cache's key, so changing one never quantizes again; `use_prompt_paths` applies it on load.
+RUN_TIME_ROLES = ("int4-prompt",)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
@@ -237,7 +248,10 @@ def load_quantized(
     """Load and quantize `model`'s weights, its matrices from the packed-weight cache when it holds them
     (then only embeddings and norms are read from the checkpoint), else quantized here and cached."""
     linears = [name for name, m in model.named_modules() if type(m) is nn.Linear]
-    description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(plan.items()),
+    stored = {
+        shape: {r: p for r, p in paths.items() if r not in RUN_TIME_ROLES} for shape, paths in plan.items()
+    }
+    description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(stored.items()),
                    "int4": [INT4_GROUP, int4_layout(device)] if quantize == "int4" else None}  # fmt: skip
     path, key = packed_path(files, description)
     if packed_usable(path, key, set(linears)):
@@ -251,7 +265,7 @@ def load_quantized(
             _set_module(model, name, KINDS[kind].from_state(state, dtype))
 
         if read_packed(path, key, set(linears), device, take):
-            return " + ".join(sorted(kinds)) + " weights (packed-weight cache)"
+            return f"{' + '.join(sorted(kinds))} weights{use_prompt_paths(model, plan)} (packed-weight cache)"
         for name, module in originals.items():  # a damaged tensor: back to the layers to load
             _set_module(model, name, module)
     load_weights(model, files, device=device, dtype=dtype, progress=progress)

@@ -11,6 +11,10 @@ decision with its candidate paths:
 - `prefill`: bf16/fp16 weights times a prompt's many rows: `linear` or `upcast` (fp32 through a scratch
   copy of the weight, exactly bf16's arithmetic).
 - `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
+- `int4-prompt`: int4 weights times a prompt's many rows (quant.py's `INT4_PROMPT_ROWS` or more; fewer
+  rows always take tinygemm): `tinygemm` (PyTorch's kernel, which unpacks the weights again for each four
+  rows), `dequant` (unpacked chunk by chunk into the model's dtype, then one dense product; dequant.py) or
+  `dequant-fp32` (unpacked into fp32 and multiplied in fp32, for CPUs without bf16 arithmetic).
 - `attention`: one token's attention under the sdpa backend, `fused` (PyTorch's kernel) or `grouped`
   (fp32 matrix products, each K/V head read once per query group; attention.py). Keyed by the widths of
   q and k rather than a weight's shape.
@@ -40,14 +44,16 @@ ROLES: dict[str, tuple[str, ...]] = {
     "decode": ("onednn", "linear", "packed"),
     "prefill": ("linear", "upcast"),
     "int8": ("dynamic", "weight-only"),
+    "int4-prompt": ("tinygemm", "dequant", "dequant-fp32"),
     "attention": ("fused", "grouped"),
 }
 PROBE_ROWS = {
     "decode": 1,
     "prefill": 16,
     "int8": 1,
+    "int4-prompt": 256,
     "attention": 1,
-}  # int8's layout serves both: decode dominates
+}  # int8's layout serves both: decode dominates; int4 prompts: half of a prefill chunk (512 tokens)
 PROBE_REPS = 3
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.

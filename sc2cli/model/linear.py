@@ -9,7 +9,9 @@ for the fastest faithful form on this device and dtype, the paths measured here 
   here. A prompt's many rows run in bf16 where the CPU has the arithmetic, or in fp32 through a shared
   scratch copy of the weight, exactly as oneDNN computes bf16 (fp32 accumulation, rounded to bf16).
 - `quantize="int8"`: fbgemm's dynamic int8 product or the weight-only int8 product (quant.py).
-- `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py).
+- `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py);
+  on a CPU, prompts through tinygemm or through a dense product on weights unpacked chunk by chunk
+  (dequant.py), whichever the plan measured faster for the shape (`use_prompt_paths`).
 
 Embeddings and layer norms are never quantized; a tied lm_head gets its own quantized copy so the
 embedding lookup keeps full precision. Each weight is quantized and its bf16 original freed before the
@@ -26,9 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .dequant import UnpackScratch, cpu_layout
 from .device import cpu_has_native_bf16
 from .kernels import PROBE_MAX_OUT, Choices, choose, parse_forced
-from .quant import DynamicInt8Linear, Int4Linear, QuantizedLinear, WeightOnlyInt8Linear, int4_fits
+from .quant import (
+    INT4_GROUP,
+    DynamicInt8Linear,
+    Int4Linear,
+    QuantizedLinear,
+    WeightOnlyInt8Linear,
+    int4_fits,
+)
 
 QUANTIZATIONS = ("none", "int8", "int4")
 UPCAST_MIN_ROWS = 8  # below this many rows a product is bound by memory: the decode path
@@ -149,16 +159,15 @@ def plan_kernels(
     if quantize not in QUANTIZATIONS:
         raise InputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
     forced = parse_forced(kernels)
-    if device.type != "cpu" or quantize == "int4":
+    if device.type != "cpu":
         return {shape: {} for shape in shapes}
     choices = Choices() if remember else None
     plan: Plan = {}
-    roles = ["int8"] if quantize == "int8" else ["prefill", "decode"] if dtype != torch.float32 else []
     small = weight_bytes is not None and weight_bytes < PROBE_MIN_BYTES
     for shape in shapes:
         plan[shape] = {}
         stand_in = _stand_in(shape, dtype)
-        for role in roles:
+        for role in _roles(quantize, shape, dtype):
             available = _available(role, dtype, plan[shape].get("prefill"))
             make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
@@ -166,6 +175,16 @@ def plan_kernels(
     if choices is not None:
         choices.save()
     return plan
+
+
+def _roles(quantize: str, shape: tuple[int, int], dtype: torch.dtype) -> list[str]:
+    """The decisions a weight of `shape` needs: int4 prompts only where tinygemm packs the shape (others
+    take int8 weights, whose one layout needs no choice under int4)."""
+    if quantize == "int4":
+        return ["int4-prompt"] if int4_fits(shape, torch.device("cpu")) else []
+    if quantize == "int8":
+        return ["int8"]
+    return ["prefill", "decode"] if dtype != torch.float32 else []
 
 
 def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> list[str]:
@@ -177,6 +196,8 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
         return ["linear"] + (["onednn"] if onednn else []) + (["packed"] if packed else [])
     if role == "prefill":
         return ["linear", "upcast"]
+    if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
+        return ["tinygemm"] + (["dequant", "dequant-fp32"] if cpu_layout(dtype) is not None else [])
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
         ["weight-only"] if dtype != torch.float32 else []
     )
@@ -186,8 +207,10 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
 
 
 def _default(role: str, available: list[str]) -> str:
-    """The unmeasured path for small models: what is right on most CPUs, the first available otherwise."""
-    preferred = {"decode": "onednn", "prefill": "linear" if cpu_has_native_bf16() else "upcast"}
+    """The unmeasured path for small models: what is right on most CPUs, the first available otherwise (int4
+    prompts: tinygemm, as a small matrix unpacks in less time than the dozen calls unpacking takes)."""
+    preferred = {"decode": "onednn", "prefill": "linear" if cpu_has_native_bf16() else "upcast",
+                 "int4-prompt": "tinygemm"}  # fmt: skip
     return preferred.get(role) if preferred.get(role) in available else available[0]
 
 
@@ -235,7 +258,26 @@ def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> di
     return {path: made[path]() for path in available}
 
 
-CANDIDATES = {"decode": _decode_candidates, "prefill": _prefill_candidates, "int8": _int8_candidates}
+def _int4_prompt_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
+    """An int4 layer per prompt path over stand-in packed bytes and scales (the values do not change the
+    time), sharing one scratch as a model's layers do."""
+    n, k = layer().weight.shape
+    dtype = layer().weight.dtype
+    packed = torch.full((n, k // 2), 0x88, dtype=torch.uint8)
+    scales_and_zeros = torch.full((k // INT4_GROUP, n, 2), 0.01, dtype=dtype)
+    scratch, made = UnpackScratch(), {}
+    for path in available:
+        made[path] = Int4Linear(packed, scales_and_zeros, None, k)
+        made[path].use_prompt_path(path, scratch)
+    return made
+
+
+CANDIDATES = {
+    "decode": _decode_candidates,
+    "prefill": _prefill_candidates,
+    "int8": _int8_candidates,
+    "int4-prompt": _int4_prompt_candidates,
+}
 
 
 def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) -> str:
@@ -248,7 +290,7 @@ def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) 
     name = str(dtype).removeprefix("torch.")
     if quantize != "none":
         kinds = _swap(model, lambda linear: quantized_linear(linear, quantize, plan))
-        return f"{' + '.join(sorted(kinds))} weights"
+        return f"{' + '.join(sorted(kinds))} weights{use_prompt_paths(model, plan)}"
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         scratch = Scratch()
         paths = _swap(model, lambda linear: _upcast(linear, scratch, plan))
@@ -268,6 +310,18 @@ def quantized_linear(linear: nn.Linear, quantize: str, plan: Plan) -> QuantizedL
     if linear.weight.dtype == torch.float32:
         raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
     return WeightOnlyInt8Linear.from_linear(linear)
+
+
+def use_prompt_paths(model: nn.Module, plan: Plan) -> str:
+    """Give each int4 layer the prompt path the plan names for its shape (tinygemm where it names none),
+    all sharing one scratch; returns a note for the kernels' description ("" without int4 layers). Called
+    on quantized and on cached layers alike, so both take the same paths."""
+    scratch, paths = UnpackScratch(), set()
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            path = plan.get((module.out_features, module.in_features), {}).get("int4-prompt", "tinygemm")
+            paths.add(module.use_prompt_path(path, scratch))
+    return f", int4 prompts {' + '.join(sorted(paths))}" if paths else ""
 
 
 def _upcast(linear: nn.Linear, scratch: Scratch, plan: Plan) -> UpcastLinear:

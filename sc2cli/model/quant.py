@@ -6,7 +6,8 @@ tensors a packed-weight cache stored (`state()` / `from_state`), so a model is q
 - `WeightOnlyInt8Linear`: the same int8 weights, bf16/fp16 activations (`aten._weight_int8pack_mm`).
 - `Int4Linear`: 4-bit weights with an fp scale and zero point per group of `INT4_GROUP` inputs, through
   PyTorch's own tinygemm kernels (`aten._weight_int4pack_mm_for_cpu` on CPUs, `_weight_int4pack_mm` on
-  CUDA), for single tokens and prompts alike.
+  CUDA); on a CPU, a prompt's many rows may instead take its `prompt` path, `dequant`: the packed weight
+  unpacked chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py).
 
 Every quantizer works on a block of output rows at a time, so its fp32 temporaries stay small next to
 the weights: peak memory while quantizing stays near the bf16 model.
@@ -21,6 +22,9 @@ import warnings
 import torch
 from torch import nn
 
+from .dequant import Layout, UnpackScratch, cpu_layout, unpacked_product
+from .kernels import ROLES
+
 QUANT_ELEMENTS = 1 << 19  # weights quantized (and int4-packed) at once: fp32 temporaries of 2 MB
 PACK_BLOCK = 64  # rows tinygemm's CPU layout packs together (checked at run time, not assumed)
 # Inputs sharing one int4 scale and zero point. Measured (issue 20's report): the trained tiny model's
@@ -29,6 +33,11 @@ PACK_BLOCK = 64  # rows tinygemm's CPU layout packs together (checked at run tim
 # (g64: 12.5%). g128 does not divide the tiny model's 192 inputs.
 INT4_GROUP = 64
 INT4_INNER_K_TILES = 8  # tinygemm's CUDA layout: in_features must be a multiple of 16 * this
+# Rows from which an int4 product takes its prompt path. Measured (3B shapes, one thread): unpacking then
+# multiplying densely overtakes tinygemm between 64 and 128 rows (12288x3072: 42 vs 33 ms at 64 rows,
+# 55 vs 67 at 128), since unpacking costs the same whatever the rows.
+INT4_PROMPT_ROWS = 128
+INT4_PROMPT_PATHS = ROLES["int4-prompt"]
 
 
 def block_rows(in_features: int) -> int:
@@ -204,7 +213,10 @@ class WeightOnlyInt8Linear(QuantizedLinear):
 
 class Int4Linear(QuantizedLinear):
     """4-bit weights, a scale and zero per group of `INT4_GROUP` inputs; the activations are multiplied in
-    the scales' dtype (the model's on a CPU, bf16 on CUDA) and returned in their own."""
+    the scales' dtype (the model's on a CPU, bf16 on CUDA) and returned in their own. `prompt` is the path
+    of products of `INT4_PROMPT_ROWS` rows or more on a CPU (`INT4_PROMPT_PATHS`): `tinygemm` like single
+    tokens, `dequant` (unpacked into the model's dtype) or `dequant-fp32` (into fp32, multiplied in fp32),
+    both through `scratch`, which the model's int4 layers share (`use_prompt_path`)."""
 
     kind = "int4"
 
@@ -215,6 +227,17 @@ class Int4Linear(QuantizedLinear):
         self.in_features = in_features
         self.out_features = scales_and_zeros.shape[1]
         self.group = in_features // scales_and_zeros.shape[0]
+        self.prompt, self.scratch = "tinygemm", UnpackScratch()
+        self.layout: Layout | None = None  # tinygemm's CPU layout, once a prompt path unpacks it
+
+    def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
+        """Take `path` for prompts where it runs here (tinygemm otherwise); returns the path taken."""
+        layout = cpu_layout(self.scales_and_zeros.dtype) if self.packed.device.type == "cpu" else None
+        if path not in INT4_PROMPT_PATHS or (path != "tinygemm" and layout is None):
+            path = "tinygemm"
+        self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
+        self.scratch = scratch or self.scratch
+        return path
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
@@ -236,6 +259,9 @@ class Int4Linear(QuantizedLinear):
         sz = self.scales_and_zeros
         if self.packed.device.type == "cuda":
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
+        if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS:
+            fp32 = self.prompt == "dequant-fp32"
+            return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,204 @@
+"""int4 prompts through unpacked weights: the unpacked weight is exactly the one tinygemm multiplies, both
+prompt paths agree, and a model takes the path its plan names, loaded quantized or from the cache."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sc2cli.checkpoint.load import load_checkpoint
+from sc2cli.folders import cache_folder
+from sc2cli.model import dequant
+from sc2cli.model.dequant import KNOWN_LAYOUTS, UnpackScratch, cpu_layout, unpacked_product
+from sc2cli.model.linear import plan_kernels
+from sc2cli.model.quant import INT4_PROMPT_ROWS, Int4Linear, quantize_and_pack_int4, quantize_int4
+
+from ..checkpoints import write_tiny_model
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+SHAPES = [(256, 128), (208, 192), (48, 64)]  # whole blocks; whole blocks and a shorter one; a short one only
+needs_layout = pytest.mark.skipif(
+    cpu_layout(torch.bfloat16) is None, reason="tinygemm's CPU layout unknown here"
+)
+
+
+def packed_weight(shape, dtype, seed=0):
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    packed, scales_and_zeros = quantize_and_pack_int4(weight)
+    return weight, packed, scales_and_zeros.to(dtype)
+
+
+def tinygemm(x, packed, scales_and_zeros):
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 64, scales_and_zeros)
+
+
+@pytest.fixture(params=[False, True], ids=["one-chunk", "many-chunks"])
+def chunking(request, monkeypatch):
+    if request.param:  # a block per chunk
+        monkeypatch.setattr(dequant, "CHUNK_ELEMENTS", 1)
+
+
+@needs_layout
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_the_unpacked_weight_is_exactly_the_one_tinygemm_multiplies(shape, dtype, chunking):
+    layout = cpu_layout(dtype)
+    if layout is None:
+        pytest.skip(f"tinygemm's arithmetic for {dtype} is not reproduced here")
+    weight, packed, scales_and_zeros = packed_weight(shape, dtype)
+    identity = torch.eye(shape[1], dtype=dtype)
+    unpacked = unpacked_product(identity, packed, scales_and_zeros, layout, UnpackScratch())  # (K, N)
+    assert torch.equal(unpacked, tinygemm(identity, packed, scales_and_zeros))
+    if dtype != torch.float32:  # (code - 8) * scale is exact: the reference rounds only once too
+        codes, _ = quantize_int4(weight)
+        scale, zero = (scales_and_zeros[..., i].float().t().repeat_interleave(64, 1) for i in (0, 1))
+        assert torch.equal(unpacked.t(), ((codes - 8) * scale + zero).to(dtype))
+
+
+@needs_layout
+def test_no_other_known_layout_passes_the_check(monkeypatch):
+    """The check tells every known arrangement (and order of arithmetic) from this machine's."""
+    mine = cpu_layout(torch.bfloat16)
+    monkeypatch.setattr(dequant, "KNOWN_LAYOUTS", tuple(other for other in KNOWN_LAYOUTS if other != mine))
+    cpu_layout.cache_clear()
+    try:
+        assert cpu_layout(torch.bfloat16) is None
+    finally:
+        cpu_layout.cache_clear()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 instruction sets")
+@pytest.mark.parametrize(("isa", "layout"), [("avx2", (32, 16, True)), ("default", (32, 1, False))])
+def test_the_layouts_of_other_instruction_sets_are_recognised(isa, layout):
+    """PyTorch told to dispatch to an older instruction set packs (and computes) otherwise; a CPU without
+    AVX2 runs neither `avx2` nor what this machine runs, so the capability is checked too."""
+    code = (
+        "import torch; from sc2cli.model.dequant import cpu_layout; "
+        "print(torch.backends.cpu.get_cpu_capability(), tuple(cpu_layout(torch.bfloat16) or ()))"
+    )
+    env = os.environ | {"ATEN_CPU_CAPABILITY": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    capability, found = out.stdout.split(maxsplit=1)
+    if capability.lower() != isa:
+        pytest.skip(f"this CPU cannot run {isa}")
+    assert found.strip() == str(layout)
+
+
+@needs_layout
+@pytest.mark.parametrize("path", ["dequant", "dequant-fp32"])
+@pytest.mark.parametrize("rows", [INT4_PROMPT_ROWS, 200, 333])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_prompt_paths_agree_with_tinygemm_within_bf16_rounding(shape, rows, path, chunking):
+    _, packed, scales_and_zeros = packed_weight(shape, torch.bfloat16, seed=rows)
+    layer = Int4Linear(packed, scales_and_zeros, None, shape[1])
+    assert layer.use_prompt_path(path) == path
+    x = torch.randn(2, rows, shape[1], generator=torch.Generator().manual_seed(1)).bfloat16()
+    got, want = layer(x), tinygemm(x.reshape(-1, shape[1]), packed, scales_and_zeros).view(2, rows, -1)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    # the same sums of the same products: apart from the order of the sums, only the weights' rounding to
+    # bf16 (dequant; dequant-fp32 multiplies tinygemm's fp32 weights) and the outputs' rounding differ
+    tolerance = (2**-7 if path == "dequant" else 2**-8) * want.float().abs().max()
+    assert (got.float() - want.float()).abs().max() <= tolerance
+
+
+@needs_layout
+def test_fewer_rows_than_a_prompt_take_tinygemm_whatever_the_path():
+    _, packed, scales_and_zeros = packed_weight((256, 128), torch.bfloat16)
+    layer = Int4Linear(packed, scales_and_zeros, torch.randn(256).bfloat16(), 128)
+    layer.use_prompt_path("dequant")
+    x = torch.randn(INT4_PROMPT_ROWS - 1, 128).bfloat16()
+    assert torch.equal(layer(x), tinygemm(x, packed, scales_and_zeros) + layer.bias)
+
+
+def test_a_path_this_machine_cannot_run_falls_back_to_tinygemm(monkeypatch):
+    import sc2cli.model.quant as quant
+
+    monkeypatch.setattr(quant, "cpu_layout", lambda dtype: None)
+    _, packed, scales_and_zeros = packed_weight((256, 128), torch.bfloat16)
+    layer = Int4Linear(packed, scales_and_zeros, None, 128)
+    assert layer.use_prompt_path("dequant") == "tinygemm" and layer.layout is None
+
+
+@needs_layout
+def test_the_scratch_is_shared_and_stays_the_size_of_a_chunk(monkeypatch):
+    monkeypatch.setattr(dequant, "CHUNK_ELEMENTS", 64 * 128)
+    scratch = UnpackScratch()
+    for seed in range(2):
+        _, packed, scales_and_zeros = packed_weight((256, 128), torch.bfloat16, seed)
+        layer = Int4Linear(packed, scales_and_zeros, None, 128)
+        layer.use_prompt_path("dequant", scratch)
+        layer(torch.randn(INT4_PROMPT_ROWS, 128).bfloat16())
+    assert layer.scratch is scratch
+    assert scratch.buffers["weight"].numel() == 64 * 128  # a chunk of 64 rows, not the 256-row weight
+
+
+def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    shapes = [(256, 128), (48, 64), (300, 64)]  # the last one tinygemm cannot pack: int8 weights, no choice
+    forced = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "int4-prompt=tinygemm")
+    assert forced == {
+        (256, 128): {"int4-prompt": "tinygemm"},
+        (48, 64): {"int4-prompt": "tinygemm"},
+        (300, 64): {},
+    }
+    if cpu_layout(torch.bfloat16) is None:
+        return
+    measured = []
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "dequant"
+    )
+    first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto")
+    assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant"}
+    assert measured == [["dequant", "dequant-fp32", "tinygemm"]] * 2
+    assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto") == first  # remembered
+    assert len(measured) == 2
+    assert "int4-prompt 256x128" in (cache_folder() / "kernels.json").read_text()
+
+
+@needs_layout
+def test_the_probe_times_real_layers_of_every_path():
+    """Unmocked: the stand-in layers of each path run (on stand-in packed bytes) and one of them wins."""
+    plan = plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "auto", remember=False)
+    assert plan[(128, 256)]["int4-prompt"] in ("tinygemm", "dequant", "dequant-fp32")
+
+
+def test_small_models_take_tinygemm_unmeasured(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    monkeypatch.setattr(kernels, "fastest", lambda candidates, x: pytest.fail("measured a tiny model"))
+    plan = plan_kernels([(256, 128)], "int4", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=65536)
+    assert plan == {(256, 128): {"int4-prompt": "tinygemm"}}
+
+
+@needs_layout
+def test_a_model_takes_the_planned_prompt_path_quantized_and_from_the_cache(tmp_path, monkeypatch):
+    """Forced paths through load_checkpoint: the layers take them whether quantized now or read from the
+    packed-weight cache, the cache serves every path (the path is not part of its key), and a prompt's
+    logits on either path agree within bf16 rounding."""
+    folder = write_tiny_model(tmp_path / "m", seed=4)
+
+    def load(path):
+        monkeypatch.setenv("SC2_KERNELS", f"int4-prompt={path},int8=weight-only")
+        model = load_checkpoint(folder, quantize="int4", dtype="bf16", device="cpu")
+        layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+        assert layers and {m.prompt for m in layers} == {path}
+        assert len({id(m.scratch) for m in layers}) == 1
+        return model
+
+    first = load("dequant")
+    assert "packed-weight cache" not in first.kernels and "int4 prompts dequant" in first.kernels
+    cached = load("dequant")
+    assert "packed-weight cache" in cached.kernels and "int4 prompts dequant" in cached.kernels
+    other = load("tinygemm")
+    assert "packed-weight cache" in other.kernels and "int4 prompts tinygemm" in other.kernels
+    ids = torch.randint(0, 200, (1, INT4_PROMPT_ROWS + 20), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b, c = (model(ids).float() for model in (first, cached, other))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() <= 0.03 * c.abs().max()  # bf16 weights vs tinygemm's fp32 ones, 2 layers
