@@ -88,14 +88,14 @@ def unpack_chunk(
     codes = scratch.take("codes", (K, 2, n // 2), torch.uint8)
     torch.bitwise_and(data, 15, out=codes[:, 0])
     torch.bitwise_right_shift(data, 4, out=codes[:, 1])
+    if not moved_zero:
+        codes.view(torch.int8).sub_(8)  # code - 8, exact in int8
     weight = scratch.take("fp32", (groups, group, n), torch.float32)
-    codes = codes.view(torch.int8).view(groups, group, n)
-    torch.sub(codes, 0 if moved_zero else 8, out=weight)  # exact small integers
-    sz = scales_and_zeros[:, start:end].view(groups, n // (2 * run), 2, run, 2).transpose(1, 2)
-    scale = scratch.take("scale", (groups, 1, n), torch.float32)
-    zero = scratch.take("zero", (groups, 1, n), torch.float32)
-    scale.view(groups, 2, -1, run).copy_(sz[..., 0])  # (groups, nibble, byte // run, run)
-    zero.view(groups, 2, -1, run).copy_(sz[..., 1])
+    weight.copy_(codes.view(torch.int8).view(groups, group, n))
+    sz = scales_and_zeros[:, start:end].view(groups, n // (2 * run), 2, run, 2)  # (.., nibble, .., s/z)
+    scales = scratch.take("scales", (2, groups, 1, n), torch.float32)  # scale, zero in the columns' order
+    scales.view(2, groups, 2, -1, run).copy_(sz.permute(4, 0, 2, 1, 3))
+    scale, zero = scales
     if moved_zero:
         zero.sub_(scale * 8)  # rounded to fp32, as the kernel does
     torch.addcmul(zero, weight, scale, out=weight)  # the product is exact; the sum rounded once
