@@ -314,11 +314,11 @@ def quantized_linear(linear: nn.Linear, quantize: str, plan: Plan) -> QuantizedL
 
 def use_prompt_paths(model: nn.Module, plan: Plan) -> str:
     """Give each int4 layer the prompt path the plan names for its shape (tinygemm where it names none),
-    all sharing one scratch; returns a note for the kernels' description ("" without int4 layers). Called
-    on quantized and on cached layers alike, so both take the same paths."""
+    all sharing one scratch; returns a note for the kernels' description ("" without int4 layers on a
+    CPU). Called on quantized and on cached layers alike, so both take the same paths."""
     scratch, paths = UnpackScratch(), set()
     for module in model.modules():
-        if isinstance(module, Int4Linear):
+        if isinstance(module, Int4Linear) and module.packed.device.type == "cpu":
             path = plan.get((module.out_features, module.in_features), {}).get("int4-prompt", "tinygemm")
             paths.add(module.use_prompt_path(path, scratch))
     return f", int4 prompts {' + '.join(sorted(paths))}" if paths else ""
