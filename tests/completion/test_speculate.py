@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import sc2cli
 from sc2cli.completion.generate import PromptCache, generate, healing_mask, prefill
 from sc2cli.completion.sampling import Sampling
-from sc2cli.completion.speculate import Drafter, Speculation, accept_or_resample, draft_length
+from sc2cli.completion.speculate import MARGIN, Drafter, Speculation, accept_or_resample, draft_length
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 
@@ -77,23 +77,24 @@ def test_draft_length_stays_within_the_limit_and_the_curve(rate, costs, limit):
     assert 0 <= k <= min(limit, len(costs) - 1)
     if k:  # chosen only when it yields more tokens per unit of cost than a plain step
         expected = k + 1 if rate >= 1 else (1 - rate ** (k + 1)) / (1 - rate)
-        assert expected / costs[k] > 1
+        assert expected / costs[k] > MARGIN
 
 
-def test_the_drafter_learns_its_rate_and_stops_drafting_when_it_does_not_pay():
+def test_the_drafter_learns_a_rate_per_match_length_and_stops_drafting_when_it_does_not_pay():
     steep = (1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
     drafter = Drafter([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2], Speculation(costs=steep))
     first = drafter.draft(8)
-    assert first and first[0] == 3  # the prior (60%) pays for a short draft
+    assert first == [3]  # a 3-token match; the prior (60%) pays for one drafted token, not more
+    assert drafter.last_size == 3
     for _ in range(4):
-        drafter.accept(drafter.draft(8) or [9], 0)  # every draft rejected at once
-    assert drafter.rate < 0.3
-    drafter.push([1, 2])
+        drafter.accept([9], 0)  # rejected at once, each time
+    assert drafter.rate(3) < 0.3 and drafter.rate(1) == pytest.approx(0.6)  # only 3-token matches lost trust
     assert drafter.draft(8) == []  # a match, but verifying it would cost more than it yields
-    for _ in range(20):
-        drafter.push([3])
-        drafter.accept([4, 5], 2)  # now everything is kept
-    assert drafter.rate > 0.85
+    single = Drafter([7, 8, 9, 7], Speculation(costs=steep))
+    assert single.draft(8) == [8] and single.last_size == 1  # other lengths keep the prior
+    for _ in range(40):
+        drafter.accept([drafter.ids[-6]], 1)  # now everything is kept
+    assert drafter.rate(3) > 0.85
     drafter.push([1, 2])
     assert len(drafter.draft(8)) > len(first)
 
