@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.load import load_checkpoint
+from ..checkpoint.load import choose_run_paths, load_checkpoint
 from ..checkpoint.names import TINY_DIR
 from ..checkpoint.open import resolve_model
 from ..completion.engine import Engine
@@ -28,11 +28,10 @@ from ..completion.events import Done
 from ..completion.request import CompletionRequest
 from ..completion.tokenizer import Tokenizer
 from ..errors import InputError
-from ..model.attention import plan_single_query, select_backend
+from ..model.attention import select_backend
 from ..model.device import default_budget, resolve_device, resolve_dtype
 from ..model.linear import prepare
 from ..model.model import Starcoder2
-from ..model.rows import model_row_costs
 from .llama_cpp import (
     FILE_TYPES,
     LlamaBench,
@@ -142,8 +141,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     else:
         twin = REFERENCES["transformers"].twin(model) if options.vs_transformers else None
         reference = unquantized_twin(model) if options.quantize != "none" else None
-        kernels = prepare(model, options.quantize)
-        model.row_costs = model_row_costs(model)
+        kernels = prepare(model, options.quantize) + choose_run_paths(model, model.attn_backend)
     report.setup.update(
         {
             "model": label,
@@ -202,9 +200,7 @@ def _build(
     dtype = resolve_dtype(options.dtype, device)
     if options.quantize == "int8" and options.dtype in (None, "auto") and device.type == "cpu":
         dtype = torch.bfloat16
-    backend = select_backend(options.attn, device, dtype)
-    model = random_model(config, device, dtype, backend, options.seed)
-    model.set_attention(backend, plan_single_query(config, backend, device, dtype))
+    model = random_model(config, device, dtype, select_backend(options.attn, device, dtype), options.seed)
     log(f"built a random {options.shape} ({config.num_hidden_layers} layers, {dtype})")
     return model, TINY_DIR if options.shape == "tiny" else None, None
 

@@ -83,7 +83,7 @@ def measure(engine: Engine, requests: list[CompletionRequest], runs: int) -> dic
     for i in range(runs + 1):  # the first round warms up
         for speculate in (True, False):
             for ids, n in prompts:
-                speculation = Speculation(costs=engine.model.row_costs) if speculate else None
+                speculation = Speculation() if speculate else None
                 elapsed, decoded = _decode(engine.model, ids, n, speculation)
                 if i and speculation is not None:
                     counts.drafted += speculation.drafted

@@ -227,15 +227,21 @@ def load_checkpoint(
         model.kernels = prepare(model, quantize, plan)
     else:
         model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
-    # measured once the weights are in place: the probe's freed buffers raise glibc's mmap threshold, after
-    # which freed weights' pages could stay with the process (+50% peak memory while loading)
-    measure = weight_bytes >= PROBE_MIN_BYTES
-    model.set_attention(backend, plan_single_query(config, backend, device, dtype, kernels, measure))
-    if model.single_query != "fused":
-        model.kernels += f"; one-token attention {model.single_query}"
-    model.row_costs = model_row_costs(model)
+    model.kernels += choose_run_paths(model, backend, kernels)
     model.checkpoint_dir = folder
     return model.eval()
+
+
+def choose_run_paths(model: Starcoder2, backend: str, kernels: str | None = None) -> str:
+    """What is measured on the model as loaded, its weights in place (before them, the probes' freed
+    buffers raised glibc's mmap threshold, and freed weights' pages then stayed: +50% peak memory while
+    loading): one token's attention path, and the cost curve that sizes speculative drafts. Returns a note
+    for the kernels' description."""
+    config, device, dtype = model.config, model.device, model.dtype
+    measure = config.weight_bytes(dtype.itemsize) >= PROBE_MIN_BYTES
+    model.set_attention(backend, plan_single_query(config, backend, device, dtype, kernels, measure))
+    model.row_costs = model_row_costs(model)
+    return f"; one-token attention {model.single_query}" if model.single_query != "fused" else ""
 
 
 def load_quantized(

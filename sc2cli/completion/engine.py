@@ -85,7 +85,7 @@ class Engine:
         cache = self._cache_for(prompt.ids, request.max_tokens)
         started = time.perf_counter()
         first_token_at = None
-        speculation = Speculation(costs=self.model.row_costs) if request.speculate else None
+        speculation = Speculation() if request.speculate else None
         steps = generate(
             self.model, prompt.ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
             stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled, forced=prompt.heal,

@@ -219,7 +219,7 @@ def generate(
     if sampling.seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
     logits = prefill(model, prompt[reused:], cache, cancelled=cancelled)
-    drafter = Drafter(prompt, speculation) if speculation is not None else None
+    drafter = Drafter(prompt, speculation, model.row_costs) if speculation is not None else None
     token = None  # the next token when a rejected draft's verification already picked it
     produced = 0
     while produced < max_new_tokens:

@@ -30,13 +30,11 @@ MARGIN = 1.1
 
 @dataclass
 class Speculation:
-    """How to draft (`max_draft` tokens at most, matching the last `sizes` tokens; `costs[i]`: a forward
-    over i+1 rows against one, model/rows.py; None: as cheap as one) and, after a run, how it went:
-    `drafted` tokens verified, `accepted` of them kept."""
+    """How to draft (`max_draft` tokens at most, matching the last `sizes` tokens) and, after a run, how it
+    went: `drafted` tokens verified, `accepted` of them kept."""
 
     max_draft: int = MAX_DRAFT
     sizes: tuple[int, ...] = NGRAM_SIZES
-    costs: tuple[float, ...] | None = None
     drafted: int = 0
     accepted: int = 0
 
@@ -59,13 +57,17 @@ def draft_length(rate: float, costs: tuple[float, ...] | None, limit: int) -> in
 
 class Drafter:
     """The sequence so far (prompt, then generated tokens) and, for every n-gram of it, the position right
-    after its latest occurrence that has a known continuation."""
+    after its latest occurrence that has a known continuation. `costs[i]`: what the model's forward over i+1
+    rows costs against one (model/rows.py; None: as cheap as one), which sizes each draft."""
 
-    def __init__(self, ids: Sequence[int], speculation: Speculation) -> None:
+    def __init__(
+        self, ids: Sequence[int], speculation: Speculation, costs: tuple[float, ...] | None = None
+    ) -> None:
         self.ids = list(ids)
         self.speculation = speculation
         self.sizes = speculation.sizes
         self.max_draft = speculation.max_draft
+        self.costs = costs
         # this request's evidence on drafted tokens (see `rate`), per length of the match that drafted them:
         # a 3-token match predicts far better than a single token seen before
         self.evidence = {n: list(PRIOR) for n in self.sizes}
@@ -107,7 +109,7 @@ class Drafter:
         for n in self.sizes:
             start = self.follows.get(tuple(self.ids[-n:])) if len(self.ids) >= n else None
             if start is not None:
-                length = draft_length(self.rate(n), self.speculation.costs, min(limit, self.max_draft))
+                length = draft_length(self.rate(n), self.costs, min(limit, self.max_draft))
                 self.last_size = n
                 return self._copy(start, length) if length else []
         return []
