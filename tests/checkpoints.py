@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +108,29 @@ MEMORY_TEST_SHAPE = {
     "vocab_size": 8192, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
     "num_attention_heads": 8, "num_key_value_heads": 2,
 }  # fmt: skip  # ~100M parameters: big enough for peak-memory tests to mean something, quick to write
+
+
+def peak_rss_growth(load: str, warm_up: str = "") -> int:
+    """How far a fresh process's peak RSS grows while it runs the statement `load`, after torch's own
+    warm-up (its meta-tensor machinery: ~70 MB of code) and `warm_up`; one thread, as the tests budget."""
+    script = "\n".join([
+        "import torch",
+        "from sc2cli.model.config import ModelConfig",
+        "from sc2cli.model.model import Starcoder2",
+        "def rss(field):",
+        "    for line in open('/proc/self/status'):",
+        "        if line.startswith(field):",
+        "            return int(line.split()[1]) * 1024",
+        "with torch.device('meta'):",
+        "    Starcoder2(ModelConfig(num_hidden_layers=1))",
+        warm_up,
+        "before = rss('VmRSS:')",
+        load,
+        "print(rss('VmHWM:') - before)",
+    ])  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def write_random_hub_checkpoint(folder: Path, config: dict[str, Any], dtype: torch.dtype) -> Path:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -21,6 +18,7 @@ from sc2cli.errors import CheckpointError
 from ..checkpoints import (
     MEMORY_TEST_SHAPE,
     hub_config,
+    peak_rss_growth,
     reference_model,
     state_dict_of,
     write_hub_checkpoint,
@@ -153,25 +151,9 @@ def test_bf16_load_of_an_fp32_file_peaks_near_the_converted_size(tmp_path):
     config = hub_config(**MEMORY_TEST_SHAPE)
     folder = write_random_hub_checkpoint(tmp_path / "big", config, torch.float32)
     bf16_bytes = ModelConfig.from_dict(config).weight_bytes(2)
-    script = textwrap.dedent(
-        f"""
-        import torch, sc2cli
-        from sc2cli.model.config import ModelConfig
-        from sc2cli.model.model import Starcoder2
-        def rss(field):
-            for line in open("/proc/self/status"):
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-        with torch.device("meta"):  # warm up: torch loads its meta-tensor machinery (~70 MB of code)
-            Starcoder2(ModelConfig(num_hidden_layers=1))
-        before = rss("VmRSS:")
-        model = sc2cli.load_model({str(folder)!r}, dtype="bf16", device="cpu")
-        print(rss("VmHWM:") - before)
-        """
+    growth = peak_rss_growth(
+        f"import sc2cli; model = sc2cli.load_model({str(folder)!r}, dtype='bf16', device='cpu')"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    growth = int(out.stdout.strip())
     assert (folder / "model.safetensors").stat().st_size > 1.9 * bf16_bytes  # the file really is fp32
     assert growth <= 1.15 * bf16_bytes + MAP_WINDOW_BYTES, (growth, bf16_bytes)
 

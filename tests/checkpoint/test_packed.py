@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -17,7 +14,13 @@ from sc2cli.folders import cache_folder
 from sc2cli.model.config import ModelConfig
 from sc2cli.model.quant import QuantizedLinear
 
-from ..checkpoints import MEMORY_TEST_SHAPE, hub_config, write_random_hub_checkpoint, write_tiny_model
+from ..checkpoints import (
+    MEMORY_TEST_SHAPE,
+    hub_config,
+    peak_rss_growth,
+    write_random_hub_checkpoint,
+    write_tiny_model,
+)
 
 SCHEMES = ["int8", "int4"]
 
@@ -122,28 +125,15 @@ def test_quantizing_peaks_near_the_bf16_weights(tmp_path, quantize):
     config = hub_config(**MEMORY_TEST_SHAPE)
     folder = write_random_hub_checkpoint(tmp_path / "big", config, torch.bfloat16)
     bf16_bytes = ModelConfig.from_dict(config).weight_bytes(2)
-    script = textwrap.dedent(
-        f"""
-        import torch
-        from sc2cli.checkpoint.load import MAP_WINDOW_BYTES, load_checkpoint
-        from sc2cli.model.config import ModelConfig
-        from sc2cli.model.model import Starcoder2
-        def rss(field):
-            for line in open("/proc/self/status"):
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-        from sc2cli.model.quant import Int4Linear, WeightOnlyInt8Linear
-        with torch.device("meta"):
-            Starcoder2(ModelConfig(num_hidden_layers=1))
-        small = torch.nn.Linear(256, 256).bfloat16()  # the quantizers' code and buffers, before measuring
-        Int4Linear.from_linear(small), WeightOnlyInt8Linear.from_linear(small)
-        before = rss("VmRSS:")
-        model = load_checkpoint({str(folder)!r}, dtype="bf16", device="cpu", quantize={quantize!r},
-                                kernels="int8=weight-only")
-        print(rss("VmHWM:") - before)
-        """
+    warm_up = (  # the quantizers' code and buffers, before measuring
+        "from sc2cli.checkpoint.load import load_checkpoint\n"
+        "from sc2cli.model.quant import Int4Linear, WeightOnlyInt8Linear\n"
+        "small = torch.nn.Linear(256, 256).bfloat16()\n"
+        "Int4Linear.from_linear(small), WeightOnlyInt8Linear.from_linear(small)"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    growth = int(out.stdout.strip().splitlines()[-1])
+    load = (
+        f"model = load_checkpoint({str(folder)!r}, dtype='bf16', device='cpu', quantize={quantize!r}, "
+        "kernels='int8=weight-only')"
+    )
+    growth = peak_rss_growth(load, warm_up)
     assert growth <= 1.15 * bf16_bytes + MAP_WINDOW_BYTES, (growth, bf16_bytes)  # + the file's mapped window

@@ -82,7 +82,7 @@ def test_draft_length_stays_within_the_limit_and_the_curve(rate, costs, limit):
 
 def test_the_drafter_learns_a_rate_per_match_length_and_stops_drafting_when_it_does_not_pay():
     steep = (1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
-    drafter = Drafter([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2], Speculation(costs=steep))
+    drafter = Drafter([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2], Speculation(), steep)
     first = drafter.draft(8)
     assert first == [3]  # a 3-token match; the prior (60%) pays for one drafted token, not more
     assert drafter.last_size == 3
@@ -90,7 +90,7 @@ def test_the_drafter_learns_a_rate_per_match_length_and_stops_drafting_when_it_d
         drafter.accept([9], 0)  # rejected at once, each time
     assert drafter.rate(3) < 0.3 and drafter.rate(1) == pytest.approx(0.6)  # only 3-token matches lost trust
     assert drafter.draft(8) == []  # a match, but verifying it would cost more than it yields
-    single = Drafter([7, 8, 9, 7], Speculation(costs=steep))
+    single = Drafter([7, 8, 9, 7], Speculation(), steep)
     assert single.draft(8) == [8] and single.last_size == 1  # other lengths keep the prior
     for _ in range(40):
         drafter.accept([drafter.ids[-6]], 1)  # now everything is kept

@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.repo.conftest import make_repo
+from tests.repo.conftest import SHAPES, make_repo
 
-SHAPES = """class Rectangle:
-    def __init__(self, width, height):
-        self.width = width
-        self.height = height
-
-    def area(self):
-        return self.width * self.height
-"""
 ADDED = """
 
     def perimeter(self):

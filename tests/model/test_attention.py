@@ -42,15 +42,20 @@ def test_visibility_is_the_rule(window, q_start, length):
     assert all(not rule(i, j, window) for i in range(q_start, q_start + length) for j in range(k_start))
 
 
-@pytest.mark.parametrize("groups", [1, 3])
-@pytest.mark.parametrize(("q_start", "length", "window"), [(0, 10, None), (0, 10, 4), (6, 5, 4), (9, 1, 4)])
-def test_sdpa_equals_eager(groups, q_start, length, window):
-    torch.manual_seed(0)
+def attention_inputs(groups: int, q_start: int, length: int, window: int | None, seed: int):
+    """q (2, 2*groups, T, 16), k and v over the keys the call can see, and their Visibility."""
+    torch.manual_seed(seed)
     k_start = first_visible_key(q_start, window)
     s = q_start + length - k_start
     q = torch.randn(2, 2 * groups, length, 16)
     k, v = torch.randn(2, 2, s, 16), torch.randn(2, 2, s, 16)
-    vis = visibility(q_start, length, k_start, window, q.device)
+    return q, k, v, visibility(q_start, length, k_start, window, q.device)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize(("q_start", "length", "window"), [(0, 10, None), (0, 10, 4), (6, 5, 4), (9, 1, 4)])
+def test_sdpa_equals_eager(groups, q_start, length, window):
+    q, k, v, vis = attention_inputs(groups, q_start, length, window, seed=0)
     torch.testing.assert_close(sdpa_attention(q, k, v, vis), eager_attention(q, k, v, vis), atol=1e-5, rtol=0)
 
 
@@ -60,12 +65,7 @@ def test_sdpa_equals_eager(groups, q_start, length, window):
 )
 def test_grouped_equals_sdpa(groups, q_start, length, window):
     """The grouped fp32 path gives the fused kernel's numbers, for one query and (masked) many."""
-    torch.manual_seed(1)
-    k_start = first_visible_key(q_start, window)
-    s = q_start + length - k_start
-    q = torch.randn(2, 2 * groups, length, 16)
-    k, v = torch.randn(2, 2, s, 16), torch.randn(2, 2, s, 16)
-    vis = visibility(q_start, length, k_start, window, q.device)
+    q, k, v, vis = attention_inputs(groups, q_start, length, window, seed=1)
     torch.testing.assert_close(
         grouped_attention(q, k, v, vis), sdpa_attention(q, k, v, vis), atol=1e-5, rtol=0
     )

@@ -8,6 +8,16 @@ from pathlib import Path
 
 import pytest
 
+# a small class the context tests and the evaluation's repositories both commit
+SHAPES = """class Rectangle:
+    def __init__(self, width, height):
+        self.width = width
+        self.height = height
+
+    def area(self):
+        return self.width * self.height
+"""
+
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path_factory, monkeypatch):

@@ -16,18 +16,10 @@ from sc2cli.repo.files import eligible, tracked_files
 from sc2cli.repo.imports import imported_files
 from sc2cli.repo.index import RepoIndex, chunk_spans
 
-from .conftest import make_repo
+from .conftest import SHAPES, make_repo
 
 SECRET = "sk-live-7f3a9c1e5b"
 
-SHAPES = """class Rectangle:
-    def __init__(self, width, height):
-        self.width = width
-        self.height = height
-
-    def area(self):
-        return self.width * self.height
-"""
 GEOMETRY = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n" for i in range(30)) + (
     "def rectangle_perimeter(rect):\n    return 2 * (rect.width + rect.height)\n"
 )
