@@ -120,10 +120,17 @@ def decode_rate(run: Callable[[], list[float]], runs: int, warmup: int = 1) -> f
     return statistics.median(rates)
 
 
-def interleaved(runs: int, engines: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Median of `runs` alternating measurements per engine."""
+def interleaved(runs: int, engines: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """`runs` rounds, each measuring every engine once, back to back: each engine's samples in round order."""
     samples: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(runs):
         for name, measure in engines.items():
             samples[name].append(measure())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median of the rounds' ratios: engines measured back to back share the machine's state of the
+    moment (its memory bandwidth drifts by a third over minutes on shared hosts), which the ratio of two
+    medians, taken from different rounds, does not."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))

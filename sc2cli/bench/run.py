@@ -48,6 +48,7 @@ from .measure import (
     memory_bandwidth,
     ours_generate,
     ours_prefill,
+    paired_ratio,
     peak_rss_bytes,
     random_ids,
     theirs_generate,
@@ -99,19 +100,29 @@ class Report:
     machine: dict[str, float] = field(default_factory=dict)
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {engine: value}
     notes: list[str] = field(default_factory=list)
+    paired: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {rival: rounds' ratio}
 
     def add(self, metric: str, engine: str, value: float) -> None:
         self.results.setdefault(metric, {})[engine] = value
 
+    def add_rounds(self, metric: str, rates: dict[str, list[float]]) -> None:
+        """Each engine's median rate, and sc2's ratio to each rival engine measured in the same rounds as
+        the median of the rounds' ratios (measure.paired_ratio)."""
+        for engine, samples in rates.items():
+            self.add(metric, engine, round(statistics.median(samples), 2))
+            if engine.startswith(RIVALS) and "sc2" in rates:
+                self.paired.setdefault(metric, {})[engine] = paired_ratio(rates["sc2"], samples)
+
     def ratios(self) -> dict[str, dict[str, float]]:
-        """sc2's figure over each rival engine's, for every metric both have: above 1 is sc2 faster for
-        tokens per second, slower for seconds."""
+        """sc2's figure over each rival engine's, for every metric both have (from the rounds where both were
+        measured in them): above 1 is sc2 faster for tokens per second, slower for seconds."""
         out: dict[str, dict[str, float]] = {}
         for metric, values in self.results.items():
             ours = values.get("sc2")
             for engine, theirs in values.items():
                 if engine.startswith(RIVALS) and ours and theirs:
-                    out.setdefault(metric, {})[f"sc2 / {engine}"] = round(ours / theirs, 3)
+                    ratio = self.paired.get(metric, {}).get(engine, ours / theirs)
+                    out.setdefault(metric, {})[f"sc2 / {engine}"] = round(ratio, 3)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -270,14 +281,14 @@ def _bench_prefill(options: BenchOptions, model, twin, rival: LlamaBench | None,
         timed = {n: (lambda r=r: median_time(r, 1, 0)) for n, r in engines.items()}
         if rival is not None and rival.failure is None:
             timed[rival.name] = rival.prefill_seconds(length)  # llama-bench warms up in each run
-        timed = _measured(interleaved(options.runs, timed), rival)
-        for name, seconds in timed.items():
-            report.add(f"prefill_{length}_tok_s", name, round(length / seconds, 2))
-        log(f"prefill {length}: " + ", ".join(f"{n} {length / s:.1f} tok/s" for n, s in timed.items()))
+        rates = {n: [length / s for s in samples] for n, samples in interleaved(options.runs, timed).items()}
+        report.add_rounds(f"prefill_{length}_tok_s", _measured(rates, rival))
+        figures = report.results[f"prefill_{length}_tok_s"]
+        log(f"prefill {length}: " + ", ".join(f"{n} {r:.1f} tok/s" for n, r in figures.items()))
 
 
-def _measured(figures: dict[str, float], rival: LlamaBench | None) -> dict[str, float]:
-    """The figures, less the rival's when one of its runs failed (then its failure is the report's note)."""
+def _measured(figures: dict[str, list[float]], rival: LlamaBench | None) -> dict[str, list[float]]:
+    """The samples, less the rival's when one of its runs failed (then its failure is the report's note)."""
     failed = rival is not None and rival.failure is not None
     return {name: value for name, value in figures.items() if not (failed and name == rival.name)}
 
@@ -293,11 +304,10 @@ def _bench_decode(options: BenchOptions, model, twin, rival: LlamaBench | None, 
     measures = {name: (lambda r=run: decode_rate(r, 1, 0)) for name, run in engines.items()}
     if rival is not None and rival.failure is None:
         measures[rival.name] = rival.decode_rate(n)
-    rates = _measured(interleaved(options.runs, measures), rival)
+    report.add_rounds("decode_tok_s", _measured(interleaved(options.runs, measures), rival))
+    rates = report.results["decode_tok_s"]
     if rival is not None and rival.build:
         report.setup["llama_cpp_build"] = rival.build
-    for name, rate in rates.items():
-        report.add("decode_tok_s", name, round(rate, 2))
     weights = weight_bytes_per_token(model)
     report.setup["weight_bytes_per_token_gb"] = round(weights / 1e9, 3)
     report.add(

@@ -1,0 +1,37 @@
+"""Measurement helpers: rounds of back-to-back runs and the ratios taken from them."""
+
+import itertools
+
+import pytest
+
+from sc2cli.bench.measure import interleaved, paired_ratio
+from sc2cli.bench.run import Report
+
+
+def test_interleaved_runs_every_engine_once_per_round_in_order():
+    calls, tick = [], itertools.count()
+
+    def engine(name):
+        return lambda: calls.append(name) or next(tick)
+
+    samples = interleaved(3, {"sc2": engine("sc2"), "llama.cpp BF16": engine("llama")})
+    assert calls == ["sc2", "llama"] * 3
+    assert samples == {"sc2": [0, 2, 4], "llama.cpp BF16": [1, 3, 5]}
+
+
+def test_a_machine_slowing_down_between_rounds_does_not_tilt_the_ratio():
+    # sc2 is half as fast as the rival in every round, while the machine's speed changes between rounds:
+    # the medians come from different rounds (5 / 11), the rounds' ratios do not
+    ours, theirs = [10.0, 1.0, 5.0], [20.0, 2.0, 11.0]
+    assert paired_ratio(ours, theirs) == pytest.approx(0.5)
+    report = Report()
+    report.add_rounds("decode_tok_s", {"sc2": ours, "llama.cpp BF16": theirs})
+    assert report.results["decode_tok_s"] == {"sc2": 5.0, "llama.cpp BF16": 11.0}
+    assert report.ratios()["decode_tok_s"] == {"sc2 / llama.cpp BF16": 0.5}
+
+
+def test_figures_from_separate_runs_fall_back_to_the_ratio_of_the_figures():
+    report = Report()
+    report.add("decode_overlap_tok_s", "sc2", 30.0)
+    report.add("decode_overlap_tok_s", "llama.cpp Q4_K_M", 60.0)
+    assert report.ratios() == {"decode_overlap_tok_s": {"sc2 / llama.cpp Q4_K_M": 0.5}}
