@@ -77,8 +77,14 @@ def parse_forced(spec: str | None) -> dict[str, str]:
     return forced
 
 
+# Settings that change which instructions PyTorch's and oneDNN's kernels use (a CPU's newer ones can be
+# capped, e.g. to see how a CPU without native bf16 fares): a measurement holds only under the same ones.
+ISA_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 def machine_key() -> str:
-    """What a measurement holds for: the CPU's model and flags, the thread count and torch's version."""
+    """What a measurement holds for: the CPU's model and flags, the ISA caps set, the thread count and
+    torch's version."""
     model, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -90,7 +96,8 @@ def machine_key() -> str:
                     flags = " ".join(sorted(f for f in value.split() if f.startswith(("avx", "amx", "fma"))))
     except OSError:
         pass
-    return f"{model} [{flags}] threads={torch.get_num_threads()} torch={torch.__version__}"
+    caps = "".join(f" {name}={os.environ[name]}" for name in ISA_SETTINGS if os.environ.get(name))
+    return f"{model} [{flags}]{caps} threads={torch.get_num_threads()} torch={torch.__version__}"
 
 
 class Choices:

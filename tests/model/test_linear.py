@@ -194,6 +194,21 @@ def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
     assert measured == ([["linear", "onednn"]] if _onednn_inner_product() else [])
 
 
+def test_choices_made_under_capped_instruction_sets_are_remembered_apart(monkeypatch, tmp_path):
+    from sc2cli.model.kernels import Choices
+
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    native = Choices(tmp_path / "kernels.json")
+    native.put("decode", (96, 64), "packed")
+    native.save()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    capped = Choices(tmp_path / "kernels.json")
+    assert capped.key != native.key and capped.get("decode", (96, 64)) is None
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert Choices(tmp_path / "kernels.json").get("decode", (96, 64)) == "packed"
+
+
 def test_small_models_are_not_measured(monkeypatch):
     import sc2cli.model.kernels as kernels
 
