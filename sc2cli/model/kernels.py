@@ -8,8 +8,9 @@ decision with its candidate paths:
 - `decode`: bf16/fp16 weights times a few rows: `onednn` (mkldnn inner product) or `linear` (`F.linear`),
   or `packed` (oneDNN on the weight reordered into its blocked layout, for prompts too: only where the
   prompts' path is `linear`; ~2.5x the dense layout's bandwidth on a CPU with native bf16).
-- `prefill`: bf16/fp16 weights times a prompt's many rows: `linear` or `upcast` (fp32 through a scratch
-  copy of the weight, exactly bf16's arithmetic).
+- `prefill`: bf16/fp16 weights times a prompt's many rows: `linear`, or fp32 through a scratch copy of the
+  weight (exactly bf16's arithmetic) by `F.linear`'s BLAS (`upcast`) or by oneDNN's inner product
+  (`upcast-onednn`: 2.4x MKL's fp32 product on an AMD Zen 5, where MKL takes a generic path).
 - `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
 - `int4-prompt`: int4 weights times a prompt's many rows (quant.py's `INT4_PROMPT_ROWS` or more; fewer
   rows always take tinygemm): `tinygemm` (PyTorch's kernel, which unpacks the weights again for each four
@@ -42,19 +43,22 @@ from ..folders import cache_folder
 
 ROLES: dict[str, tuple[str, ...]] = {
     "decode": ("onednn", "linear", "packed"),
-    "prefill": ("linear", "upcast"),
+    "prefill": ("linear", "upcast", "upcast-onednn"),
     "int8": ("dynamic", "weight-only"),
     "int4-prompt": ("tinygemm", "dequant", "dequant-fp32"),
     "attention": ("fused", "grouped"),
 }
 PROBE_ROWS = {
     "decode": 1,
-    "prefill": 16,
+    "prefill": 128,
     "int8": 1,
     "int4-prompt": 256,
     "attention": 1,
-}  # int8's layout serves both: decode dominates; int4 prompts: half of a prefill chunk (512 tokens)
+}  # int8's layout serves both: decode dominates; prompts: a quarter (bf16) or half (int4) of a prefill chunk
+# (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
+# at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
+PROBE_VERSION = 2  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024
@@ -97,7 +101,8 @@ def machine_key() -> str:
     except OSError:
         pass
     caps = "".join(f" {name}={os.environ[name]}" for name in ISA_SETTINGS if os.environ.get(name))
-    return f"{model} [{flags}]{caps} threads={torch.get_num_threads()} torch={torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{model} [{flags}]{caps} threads={threads} torch={torch.__version__} probe={PROBE_VERSION}"
 
 
 class Choices:

@@ -7,7 +7,8 @@ for the fastest faithful form on this device and dtype, the paths measured here 
   weight's format (half the bytes of fp32) through oneDNN's inner product (`mkldnn._linear_pointwise`,
   the kernel inductor's freezing pass emits) or `F.linear`'s matmul, whichever reads the weights faster
   here. A prompt's many rows run in bf16 where the CPU has the arithmetic, or in fp32 through a shared
-  scratch copy of the weight, exactly as oneDNN computes bf16 (fp32 accumulation, rounded to bf16).
+  scratch copy of the weight, exactly as oneDNN computes bf16 (fp32 accumulation, rounded to bf16), by
+  `F.linear`'s BLAS or by oneDNN's fp32 inner product, whichever multiplies faster here.
 - `quantize="int8"`: fbgemm's dynamic int8 product or the weight-only int8 product (quant.py).
 - `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py);
   on a CPU, prompts through tinygemm or through a dense product on weights unpacked chunk by chunk
@@ -95,6 +96,20 @@ def _onednn_packed() -> bool:
     return True
 
 
+@functools.cache
+def _onednn_fp32() -> bool:
+    """Whether oneDNN's inner product multiplies fp32 here (tried once, against F.linear)."""
+    op = _onednn_inner_product()
+    if op is None:
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x, w = torch.randn(9, 32, generator=generator), torch.randn(24, 32, generator=generator)
+        return torch.allclose(op(x, w, None, "none", [], ""), F.linear(x, w), rtol=1e-4, atol=1e-5)
+    except RuntimeError:
+        return False
+
+
 def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor:
     """`weight` (out, in) in oneDNN's blocked layout (an opaque mkldnn tensor, same shape and bytes)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
@@ -102,7 +117,8 @@ def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor:
 
 class UpcastLinear(nn.Module):
     """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, bf16 only, or `linear`), many rows by
-    `prefill` (`upcast`: fp32 through `scratch`; `linear`: as they are). `decode="packed"` (bf16, with
+    `prefill` (`upcast`: fp32 through `scratch` by F.linear, `upcast-onednn`: by oneDNN; `linear`: as they
+    are). `decode="packed"` (bf16, with
     `prefill="linear"`): every product through oneDNN on the weight reordered once into its blocked layout,
     which replaces the dense one (a tied lm_head gets its own copy; the embedding keeps the dense one)."""
 
@@ -112,6 +128,8 @@ class UpcastLinear(nn.Module):
         self.inner_product = _onednn_inner_product() if decode in ("onednn", "packed") else None
         if decode == "packed" and (prefill != "linear" or self.inner_product is None):
             raise InputError("the packed oneDNN path needs bf16 weights multiplied as they are")
+        if prefill == "upcast-onednn" and not _onednn_fp32():
+            raise InputError("oneDNN's fp32 inner product does not run here; use prefill=upcast")
         # packed: a plain attribute (an opaque tensor is no Parameter); else kept as is, so a tied lm_head
         # still shares the embedding
         self.weight = pack_for_onednn(linear.weight) if decode == "packed" else linear.weight
@@ -128,8 +146,17 @@ class UpcastLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if self.prefill == "linear":
             return F.linear(x, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.float()
-        return F.linear(x.float(), self.scratch.fp32(self.weight), bias).to(x.dtype)
+        return _upcast_product(x, self.scratch.fp32(self.weight), self.bias, self.prefill).to(x.dtype)
+
+
+def _upcast_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, path: str
+) -> torch.Tensor:
+    """`x` times the fp32 `weight` in fp32, by `path` (`upcast`: F.linear, `upcast-onednn`: oneDNN)."""
+    bias = None if bias is None else bias.float()
+    if path == "upcast-onednn":
+        return _onednn_inner_product()(x.float(), weight, bias, "none", [], "")  # type: ignore[misc]
+    return F.linear(x.float(), weight, bias)
 
 
 def dynamic_int8_available(device: torch.device) -> bool:
@@ -195,7 +222,7 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
         packed = onednn and prefill == "linear" and _onednn_packed()
         return ["linear"] + (["onednn"] if onednn else []) + (["packed"] if packed else [])
     if role == "prefill":
-        return ["linear", "upcast"]
+        return ["linear", "upcast"] + (["upcast-onednn"] if _onednn_fp32() else [])
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         return ["tinygemm"] + (["dequant", "dequant-fp32"] if cpu_layout(dtype) is not None else [])
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
@@ -241,10 +268,10 @@ def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> 
 
 def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
     weight, scratch = layer().weight, Scratch()
-    return {
-        "linear": lambda x: F.linear(x, weight),
-        "upcast": lambda x: F.linear(x.float(), scratch.fp32(weight)).to(x.dtype),
-    }
+    paths = {"linear": lambda x: F.linear(x, weight)}
+    for path in available[1:]:
+        paths[path] = lambda x, p=path: _upcast_product(x, scratch.fp32(weight), None, p).to(x.dtype)
+    return paths
 
 
 def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:

@@ -13,6 +13,7 @@ from sc2cli.errors import InputError
 from sc2cli.model.linear import (
     Scratch,
     UpcastLinear,
+    _onednn_fp32,
     _onednn_inner_product,
     _onednn_packed,
     dynamic_int8_available,
@@ -62,12 +63,28 @@ def test_upcast_prompts_equal_bf16_arithmetic_and_keep_one_copy_of_the_weight():
     assert fast.weight is linear.weight
 
 
+def test_upcast_prompts_through_onednn_are_fp32_products_rounded_once():
+    if not _onednn_fp32():
+        pytest.skip("oneDNN's fp32 inner product does not run in this build")
+    linear = layer(out=300, inp=64)
+    fast = UpcastLinear(linear, Scratch(), decode="linear", prefill="upcast-onednn")
+    prompt = torch.randn(2, 16, 64).bfloat16()
+    want = fp32_reference(linear, prompt)
+    got = fast(prompt)
+    assert got.dtype == torch.bfloat16
+    # the same fp32 sums up to their order, then one rounding: at most one bf16 step apart, mostly equal
+    torch.testing.assert_close(got.float(), want, atol=0, rtol=2**-7)
+    assert (got == want.bfloat16()).float().mean() > 0.95
+
+
 @pytest.mark.parametrize("decode", DECODE_PATHS)
-@pytest.mark.parametrize("prefill", ["linear", "upcast"])
+@pytest.mark.parametrize("prefill", ["linear", "upcast", "upcast-onednn"])
 @pytest.mark.parametrize("shape", [(1, 1, 64), (3, 64), (2, 16, 64)], ids=["token", "few-rows", "prompt"])
 def test_every_bf16_path_matches_fp32(decode, prefill, shape):
     linear = layer(out=300, inp=64)
-    if decode == "packed" and prefill == "upcast":  # the packed layout replaces the weight upcasting reads
+    if prefill == "upcast-onednn" and not _onednn_fp32():
+        pytest.skip("oneDNN's fp32 inner product does not run in this build")
+    if decode == "packed" and prefill != "linear":  # the packed layout replaces the weight upcasting reads
         with pytest.raises(InputError):
             UpcastLinear(linear, Scratch(), decode=decode, prefill=prefill)
         return
