@@ -221,11 +221,12 @@ def load_checkpoint(
     with torch.device("meta"):
         model = Starcoder2(config, attn=backend)
     shapes, weight_bytes = linear_shapes(model)
-    plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
-    if quantize == "none":
+    if quantize == "none":  # measured with the weights in place, for the reason choose_run_paths gives
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
+        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
         model.kernels = prepare(model, quantize, plan)
-    else:
+    else:  # the packed-weight cache is keyed by the plan: measured before loading
+        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
         model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
     model.kernels += choose_run_paths(model, backend, kernels)
     model.checkpoint_dir = folder
