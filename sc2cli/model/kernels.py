@@ -11,6 +11,8 @@ decision with its candidate paths:
 - `prefill`: bf16/fp16 weights times a prompt's many rows: `linear`, or fp32 through a scratch copy of the
   weight (exactly bf16's arithmetic) by `F.linear`'s BLAS (`upcast`) or by oneDNN's inner product
   (`upcast-onednn`: 2.4x MKL's fp32 product on an AMD Zen 5, where MKL takes a generic path).
+- `fp32`: fp32 weights, every row count: `linear` (`F.linear`'s BLAS) or `onednn` (oneDNN's inner product;
+  on an AMD Zen 5, where MKL takes a generic path: 1.4-1.6x at one row, 2.3-2.9x at 128).
 - `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
 - `int4-prompt`: int4 weights times a prompt's many rows (quant.py's `INT4_PROMPT_ROWS` or more; fewer
   rows always take tinygemm): `tinygemm` (PyTorch's kernel, which unpacks the weights again for each four
@@ -44,6 +46,7 @@ from ..folders import cache_folder
 ROLES: dict[str, tuple[str, ...]] = {
     "decode": ("onednn", "linear", "packed"),
     "prefill": ("linear", "upcast", "upcast-onednn"),
+    "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only"),
     "int4-prompt": ("tinygemm", "dequant", "dequant-fp32"),
     "attention": ("fused", "grouped"),
@@ -51,6 +54,7 @@ ROLES: dict[str, tuple[str, ...]] = {
 PROBE_ROWS = {
     "decode": 1,
     "prefill": 128,
+    "fp32": 128,
     "int8": 1,
     "int4-prompt": 256,
     "attention": 1,

@@ -9,6 +9,8 @@ for the fastest faithful form on this device and dtype, the paths measured here 
   here. A prompt's many rows run in bf16 where the CPU has the arithmetic, or in fp32 through a shared
   scratch copy of the weight, exactly as oneDNN computes bf16 (fp32 accumulation, rounded to bf16), by
   `F.linear`'s BLAS or by oneDNN's fp32 inner product, whichever multiplies faster here.
+- `OneDnnLinear`, for fp32 weights on a CPU where oneDNN's inner product measures faster than `F.linear`'s
+  BLAS (MKL takes a generic path on AMD CPUs); elsewhere fp32 layers stay `nn.Linear`.
 - `quantize="int8"`: fbgemm's dynamic int8 product or the weight-only int8 product (quant.py).
 - `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py);
   on a CPU, prompts through tinygemm or through a dense product on weights unpacked chunk by chunk
@@ -159,6 +161,20 @@ def _upcast_product(
     return F.linear(x.float(), weight, bias)
 
 
+class OneDnnLinear(nn.Linear):
+    """An fp32 `nn.Linear` (same parameters, shared: a tied head stays tied) multiplied by oneDNN's inner
+    product at every row count."""
+
+    kind = "onednn"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _onednn_inner_product()(x, self.weight, self.bias, "none", [], "")  # type: ignore[misc]
+
+
 def dynamic_int8_available(device: torch.device) -> bool:
     return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
 
@@ -211,7 +227,7 @@ def _roles(quantize: str, shape: tuple[int, int], dtype: torch.dtype) -> list[st
         return ["int4-prompt"] if int4_fits(shape, torch.device("cpu")) else []
     if quantize == "int8":
         return ["int8"]
-    return ["prefill", "decode"] if dtype != torch.float32 else []
+    return ["prefill", "decode"] if dtype != torch.float32 else ["fp32"]
 
 
 def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> list[str]:
@@ -223,6 +239,8 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
         return ["linear"] + (["onednn"] if onednn else []) + (["packed"] if packed else [])
     if role == "prefill":
         return ["linear", "upcast"] + (["upcast-onednn"] if _onednn_fp32() else [])
+    if role == "fp32":
+        return ["linear"] + (["onednn"] if _onednn_fp32() else [])
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         return ["tinygemm"] + (["dequant", "dequant-fp32"] if cpu_layout(dtype) is not None else [])
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
@@ -237,7 +255,7 @@ def _default(role: str, available: list[str]) -> str:
     """The unmeasured path for small models: what is right on most CPUs, the first available otherwise (int4
     prompts: tinygemm, as a small matrix unpacks in less time than the dozen calls unpacking takes)."""
     preferred = {"decode": "onednn", "prefill": "linear" if cpu_has_native_bf16() else "upcast",
-                 "int4-prompt": "tinygemm"}  # fmt: skip
+                 "int4-prompt": "tinygemm", "fp32": "linear"}  # fmt: skip
     return preferred.get(role) if preferred.get(role) in available else available[0]
 
 
@@ -274,6 +292,14 @@ def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) ->
     return paths
 
 
+def _fp32_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
+    weight = layer().weight
+    paths = {"linear": lambda x: F.linear(x, weight)}
+    if "onednn" in available:
+        paths["onednn"] = lambda x: _onednn_inner_product()(x, weight, None, "none", [], "")
+    return paths
+
+
 def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
     """Both int8 layers over stand-in codes (not a quantized stand-in: the values do not change the time)."""
     weight = layer().weight
@@ -302,6 +328,7 @@ def _int4_prompt_candidates(layer: Callable[[], nn.Linear], available: list[str]
 CANDIDATES = {
     "decode": _decode_candidates,
     "prefill": _prefill_candidates,
+    "fp32": _fp32_candidates,
     "int8": _int8_candidates,
     "int4-prompt": _int4_prompt_candidates,
 }
@@ -321,6 +348,12 @@ def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) 
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         scratch = Scratch()
         paths = _swap(model, lambda linear: _upcast(linear, scratch, plan))
+        return f"{name} weights ({', '.join(sorted(paths))})"
+    onednn = {shape for shape, paths in plan.items() if paths.get("fp32") == "onednn"}
+    if device.type == "cpu" and dtype == torch.float32 and onednn:
+        paths = _swap(
+            model, lambda linear: OneDnnLinear(linear) if tuple(linear.weight.shape) in onednn else linear
+        )
         return f"{name} weights ({', '.join(sorted(paths))})"
     return name
 
@@ -356,6 +389,13 @@ def _upcast(linear: nn.Linear, scratch: Scratch, plan: Plan) -> UpcastLinear:
     return UpcastLinear(linear, scratch, paths.get("decode", "linear"), paths.get("prefill", "upcast"))
 
 
+def _paths(made: nn.Module) -> str:
+    """How a layer without a `kind` multiplies, for the kernels' description."""
+    if isinstance(made, UpcastLinear):
+        return f"decode {made.decode}, prompts {made.prefill}"
+    return "linear"
+
+
 def _swap(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> set[str]:
     """Replace each nn.Linear by `make(linear)`, one at a time so each original can be freed before the
     next is made; returns the kinds made (for the description)."""
@@ -367,6 +407,6 @@ def _swap(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> set[str]:
             if type(child) is nn.Linear:
                 made = make(child)
                 setattr(parent, name, made)
-                kinds.add(getattr(made, "kind", "") or f"decode {made.decode}, prompts {made.prefill}")
+                kinds.add(getattr(made, "kind", "") or _paths(made))
                 del child, made
     return kinds

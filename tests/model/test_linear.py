@@ -11,6 +11,7 @@ import sc2cli
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.errors import InputError
 from sc2cli.model.linear import (
+    OneDnnLinear,
     Scratch,
     UpcastLinear,
     _onednn_fp32,
@@ -291,3 +292,37 @@ def test_a_model_on_packed_weights_computes_what_it_does_on_dense_ones(tmp_path,
         torch.testing.assert_close(
             packed(ids[:, :1]).float(), dense(ids[:, :1]).float(), atol=2e-2, rtol=1e-2
         )
+
+
+@pytest.mark.skipif(not _onednn_fp32(), reason="oneDNN's fp32 inner product does not run in this build")
+def test_an_fp32_model_through_onednn_computes_what_f_linear_does_and_keeps_its_parameters(
+    tmp_path, monkeypatch
+):
+    """fp32=onednn forced for the whole model: the same logits as F.linear to fp32 rounding, for a prompt
+    and a token; the layers keep the parameters (and names) they had, so the tied head stays tied."""
+    folder = write_tiny_model(tmp_path / "m")
+    monkeypatch.setenv("SC2_KERNELS", "fp32=linear")
+    plain = load_checkpoint(folder, dtype="fp32", device="cpu")
+    assert not any(isinstance(m, OneDnnLinear) for m in plain.modules())
+    monkeypatch.setenv("SC2_KERNELS", "fp32=onednn")
+    fast = load_checkpoint(folder, dtype="fp32", device="cpu")
+    layers = [m for m in fast.modules() if isinstance(m, nn.Linear)]
+    assert layers and all(type(m) is OneDnnLinear for m in layers) and "onednn" in fast.kernels
+    assert fast.lm_head.weight is fast.model.embed_tokens.weight
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    ids = torch.tensor([[5, 9, 17, 33, 2, 40, 41, 42, 7, 8]])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(ids), plain(ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast(ids[:, :1]), plain(ids[:, :1]), atol=1e-4, rtol=1e-4)
+
+
+def test_fp32_weights_are_measured_between_blas_and_onednn(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    measured = []
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "linear"
+    )
+    plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.float32, "auto", remember=False)
+    assert plan == {(96, 64): {"fp32": "linear"}}
+    assert measured == ([["linear", "onednn"]] if _onednn_fp32() else [])
