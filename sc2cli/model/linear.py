@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from . import onednn
 from .dequant import UnpackScratch, cpu_layout
 from .device import cpu_has_native_bf16
 from .kernels import PROBE_MAX_OUT, Choices, choose, parse_forced
@@ -63,60 +64,6 @@ class Scratch:
         return self.buffer[: weight.numel()].view(weight.shape).copy_(weight)
 
 
-@functools.cache
-def _onednn_inner_product() -> Callable | None:
-    """oneDNN's bf16 inner product on dense weights, where this build of PyTorch has it and this CPU runs
-    it (tried once on a small product: oneDNN refuses formats some CPUs lack)."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        op = torch.ops.mkldnn._linear_pointwise  # a private op: absent from some builds
-        x, w = torch.ones(1, 16, dtype=torch.bfloat16), torch.ones(8, 16, dtype=torch.bfloat16)
-        if not torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w)):
-            return None
-    except (AttributeError, RuntimeError):
-        return None
-    return op
-
-
-@functools.cache
-def _onednn_packed() -> bool:
-    """Whether oneDNN's inner product runs on a weight reordered into its own blocked layout here (tried once,
-    for a token and a prompt, against F.linear): on CPUs with native bf16 it reads the weights ~2.5x faster
-    than on the dense layout (12288x3072: 1.9 vs 4.8 ms, the same numbers)."""
-    if _onednn_inner_product() is None:
-        return False
-    try:
-        w = torch.randn(24, 32, generator=torch.Generator().manual_seed(0)).bfloat16()
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
-        for rows in (1, 9):
-            x = torch.ones(rows, 32, dtype=torch.bfloat16)
-            if not torch.equal(_onednn_inner_product()(x, packed, None, "none", [], ""), F.linear(x, w)):
-                return False
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-@functools.cache
-def _onednn_fp32() -> bool:
-    """Whether oneDNN's inner product multiplies fp32 here (tried once, against F.linear)."""
-    op = _onednn_inner_product()
-    if op is None:
-        return False
-    try:
-        generator = torch.Generator().manual_seed(0)
-        x, w = torch.randn(9, 32, generator=generator), torch.randn(24, 32, generator=generator)
-        return torch.allclose(op(x, w, None, "none", [], ""), F.linear(x, w), rtol=1e-4, atol=1e-5)
-    except RuntimeError:
-        return False
-
-
-def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` (out, in) in oneDNN's blocked layout (an opaque mkldnn tensor, same shape and bytes)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-
-
 class UpcastLinear(nn.Module):
     """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, bf16 only, or `linear`), many rows by
     `prefill` (`upcast`: fp32 through `scratch` by F.linear, `upcast-onednn`: by oneDNN; `linear`: as they
@@ -127,14 +74,14 @@ class UpcastLinear(nn.Module):
     def __init__(self, linear: nn.Linear, scratch: Scratch, decode: str = "linear", prefill: str = "upcast"):
         super().__init__()
         self.decode, self.prefill = decode, prefill
-        self.inner_product = _onednn_inner_product() if decode in ("onednn", "packed") else None
+        self.inner_product = onednn.inner_product() if decode in ("onednn", "packed") else None
         if decode == "packed" and (prefill != "linear" or self.inner_product is None):
             raise InputError("the packed oneDNN path needs bf16 weights multiplied as they are")
-        if prefill == "upcast-onednn" and not _onednn_fp32():
+        if prefill == "upcast-onednn" and not onednn.fp32_works():
             raise InputError("oneDNN's fp32 inner product does not run here; use prefill=upcast")
         # packed: a plain attribute (an opaque tensor is no Parameter); else kept as is, so a tied lm_head
         # still shares the embedding
-        self.weight = pack_for_onednn(linear.weight) if decode == "packed" else linear.weight
+        self.weight = onednn.pack(linear.weight) if decode == "packed" else linear.weight
         self.bias = linear.bias
         self.scratch = scratch
 
@@ -157,7 +104,7 @@ def _upcast_product(
     """`x` times the fp32 `weight` in fp32, by `path` (`upcast`: F.linear, `upcast-onednn`: oneDNN)."""
     bias = None if bias is None else bias.float()
     if path == "upcast-onednn":
-        return _onednn_inner_product()(x.float(), weight, bias, "none", [], "")  # type: ignore[misc]
+        return onednn.inner_product()(x.float(), weight, bias, "none", [], "")  # type: ignore[misc]
     return F.linear(x.float(), weight, bias)
 
 
@@ -172,7 +119,7 @@ class OneDnnLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _onednn_inner_product()(x, self.weight, self.bias, "none", [], "")  # type: ignore[misc]
+        return onednn.inner_product()(x, self.weight, self.bias, "none", [], "")  # type: ignore[misc]
 
 
 def dynamic_int8_available(device: torch.device) -> bool:
@@ -234,13 +181,13 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
     """The paths of `role` this CPU and build can run for weights of `dtype` (decode: given the prefill path
     chosen for the shape, since the packed layout serves both)."""
     if role == "decode":
-        onednn = dtype == torch.bfloat16 and _onednn_inner_product() is not None
-        packed = onednn and prefill == "linear" and _onednn_packed()
-        return ["linear"] + (["onednn"] if onednn else []) + (["packed"] if packed else [])
+        dense = dtype == torch.bfloat16 and onednn.inner_product() is not None
+        packed = dense and prefill == "linear" and onednn.packed_works()
+        return ["linear"] + (["onednn"] if dense else []) + (["packed"] if packed else [])
     if role == "prefill":
-        return ["linear", "upcast"] + (["upcast-onednn"] if _onednn_fp32() else [])
+        return ["linear", "upcast"] + (["upcast-onednn"] if onednn.fp32_works() else [])
     if role == "fp32":
-        return ["linear"] + (["onednn"] if _onednn_fp32() else [])
+        return ["linear"] + (["onednn"] if onednn.fp32_works() else [])
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         return ["tinygemm"] + (["dequant", "dequant-fp32"] if cpu_layout(dtype) is not None else [])
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
@@ -277,10 +224,10 @@ def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> 
     weight = layer().weight
     paths = {"linear": lambda x: F.linear(x, weight)}
     if "onednn" in available:
-        paths["onednn"] = lambda x: _onednn_inner_product()(x, weight, None, "none", [], "")
+        paths["onednn"] = lambda x: onednn.inner_product()(x, weight, None, "none", [], "")
     if "packed" in available:
-        packed = pack_for_onednn(weight)
-        paths["packed"] = lambda x: _onednn_inner_product()(x, packed, None, "none", [], "")
+        packed = onednn.pack(weight)
+        paths["packed"] = lambda x: onednn.inner_product()(x, packed, None, "none", [], "")
     return paths
 
 
@@ -296,7 +243,7 @@ def _fp32_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> di
     weight = layer().weight
     paths = {"linear": lambda x: F.linear(x, weight)}
     if "onednn" in available:
-        paths["onednn"] = lambda x: _onednn_inner_product()(x, weight, None, "none", [], "")
+        paths["onednn"] = lambda x: onednn.inner_product()(x, weight, None, "none", [], "")
     return paths
 
 
@@ -349,10 +296,11 @@ def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) 
         scratch = Scratch()
         paths = _swap(model, lambda linear: _upcast(linear, scratch, plan))
         return f"{name} weights ({', '.join(sorted(paths))})"
-    onednn = {shape for shape, paths in plan.items() if paths.get("fp32") == "onednn"}
-    if device.type == "cpu" and dtype == torch.float32 and onednn:
+    through_onednn = {shape for shape, paths in plan.items() if paths.get("fp32") == "onednn"}
+    if device.type == "cpu" and dtype == torch.float32 and through_onednn:
         paths = _swap(
-            model, lambda linear: OneDnnLinear(linear) if tuple(linear.weight.shape) in onednn else linear
+            model,
+            lambda linear: OneDnnLinear(linear) if tuple(linear.weight.shape) in through_onednn else linear,
         )
         return f"{name} weights ({', '.join(sorted(paths))})"
     return name

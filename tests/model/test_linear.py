@@ -10,13 +10,11 @@ from torch import nn
 import sc2cli
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.errors import InputError
+from sc2cli.model import onednn
 from sc2cli.model.linear import (
     OneDnnLinear,
     Scratch,
     UpcastLinear,
-    _onednn_fp32,
-    _onednn_inner_product,
-    _onednn_packed,
     dynamic_int8_available,
     plan_kernels,
     prepare,
@@ -34,9 +32,9 @@ from sc2cli.model.quant import (
 from ..checkpoints import write_tiny_model
 
 DECODE_PATHS = ["linear", pytest.param("onednn", marks=pytest.mark.skipif(
-    _onednn_inner_product() is None, reason="this build or CPU has no oneDNN bf16 inner product")),
+    onednn.inner_product() is None, reason="this build or CPU has no oneDNN bf16 inner product")),
     pytest.param("packed", marks=pytest.mark.skipif(
-    not _onednn_packed(), reason="this build or CPU has no oneDNN inner product on packed bf16 weights"))]  # fmt: skip
+    not onednn.packed_works(), reason="this build or CPU has no oneDNN inner product on packed bf16 weights"))]  # fmt: skip
 no_fbgemm = pytest.mark.skipif(not dynamic_int8_available(torch.device("cpu")), reason="no fbgemm")
 
 
@@ -65,7 +63,7 @@ def test_upcast_prompts_equal_bf16_arithmetic_and_keep_one_copy_of_the_weight():
 
 
 def test_upcast_prompts_through_onednn_are_fp32_products_rounded_once():
-    if not _onednn_fp32():
+    if not onednn.fp32_works():
         pytest.skip("oneDNN's fp32 inner product does not run in this build")
     linear = layer(out=300, inp=64)
     fast = UpcastLinear(linear, Scratch(), decode="linear", prefill="upcast-onednn")
@@ -83,7 +81,7 @@ def test_upcast_prompts_through_onednn_are_fp32_products_rounded_once():
 @pytest.mark.parametrize("shape", [(1, 1, 64), (3, 64), (2, 16, 64)], ids=["token", "few-rows", "prompt"])
 def test_every_bf16_path_matches_fp32(decode, prefill, shape):
     linear = layer(out=300, inp=64)
-    if prefill == "upcast-onednn" and not _onednn_fp32():
+    if prefill == "upcast-onednn" and not onednn.fp32_works():
         pytest.skip("oneDNN's fp32 inner product does not run in this build")
     if decode == "packed" and prefill != "linear":  # the packed layout replaces the weight upcasting reads
         with pytest.raises(InputError):
@@ -209,7 +207,7 @@ def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
     )
     assert plan[(96, 64)]["prefill"] == "upcast"
     assert plan[(96, 64)]["decode"] == "linear"
-    assert measured == ([["linear", "onednn"]] if _onednn_inner_product() else [])
+    assert measured == ([["linear", "onednn"]] if onednn.inner_product() else [])
 
 
 def test_choices_made_under_capped_instruction_sets_are_remembered_apart(monkeypatch, tmp_path):
@@ -274,7 +272,7 @@ def test_the_cpu_default_dtype_is_bf16_and_fp32_stays_exact_by_name(monkeypatch)
 
 
 @pytest.mark.skipif(
-    not _onednn_packed(), reason="this build or CPU has no oneDNN inner product on packed bf16 weights"
+    not onednn.packed_works(), reason="this build or CPU has no oneDNN inner product on packed bf16 weights"
 )
 def test_a_model_on_packed_weights_computes_what_it_does_on_dense_ones(tmp_path, monkeypatch):
     """The packed path forced for the whole model: the same logits as F.linear on the dense weights, for a
@@ -294,7 +292,7 @@ def test_a_model_on_packed_weights_computes_what_it_does_on_dense_ones(tmp_path,
         )
 
 
-@pytest.mark.skipif(not _onednn_fp32(), reason="oneDNN's fp32 inner product does not run in this build")
+@pytest.mark.skipif(not onednn.fp32_works(), reason="oneDNN's fp32 inner product does not run in this build")
 def test_an_fp32_model_through_onednn_computes_what_f_linear_does_and_keeps_its_parameters(
     tmp_path, monkeypatch
 ):
@@ -325,4 +323,4 @@ def test_fp32_weights_are_measured_between_blas_and_onednn(monkeypatch):
     )
     plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.float32, "auto", remember=False)
     assert plan == {(96, 64): {"fp32": "linear"}}
-    assert measured == ([["linear", "onednn"]] if _onednn_fp32() else [])
+    assert measured == ([["linear", "onednn"]] if onednn.fp32_works() else [])
