@@ -87,11 +87,11 @@ class UpcastLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.decode == "packed":
-            return self.inner_product(x, self.weight, self.bias, "none", [], "")  # type: ignore[misc]
+            return onednn.product(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
             if self.inner_product is not None:
-                return self.inner_product(x, self.weight, self.bias, "none", [], "")
+                return onednn.product(x, self.weight, self.bias)
             return F.linear(x, self.weight, self.bias)
         if self.prefill == "linear":
             return F.linear(x, self.weight, self.bias)
@@ -104,7 +104,7 @@ def _upcast_product(
     """`x` times the fp32 `weight` in fp32, by `path` (`upcast`: F.linear, `upcast-onednn`: oneDNN)."""
     bias = None if bias is None else bias.float()
     if path == "upcast-onednn":
-        return onednn.inner_product()(x.float(), weight, bias, "none", [], "")  # type: ignore[misc]
+        return onednn.product(x.float(), weight, bias)
     return F.linear(x.float(), weight, bias)
 
 
@@ -119,7 +119,7 @@ class OneDnnLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return onednn.inner_product()(x, self.weight, self.bias, "none", [], "")  # type: ignore[misc]
+        return onednn.product(x, self.weight, self.bias)
 
 
 def dynamic_int8_available(device: torch.device) -> bool:
@@ -224,10 +224,10 @@ def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> 
     weight = layer().weight
     paths = {"linear": lambda x: F.linear(x, weight)}
     if "onednn" in available:
-        paths["onednn"] = lambda x: onednn.inner_product()(x, weight, None, "none", [], "")
+        paths["onednn"] = lambda x: onednn.product(x, weight)
     if "packed" in available:
         packed = onednn.pack(weight)
-        paths["packed"] = lambda x: onednn.inner_product()(x, packed, None, "none", [], "")
+        paths["packed"] = lambda x: onednn.product(x, packed)
     return paths
 
 
@@ -243,7 +243,7 @@ def _fp32_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> di
     weight = layer().weight
     paths = {"linear": lambda x: F.linear(x, weight)}
     if "onednn" in available:
-        paths["onednn"] = lambda x: onednn.inner_product()(x, weight, None, "none", [], "")
+        paths["onednn"] = lambda x: onednn.product(x, weight)
     return paths
 
 
