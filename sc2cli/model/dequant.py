@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import torch
 
+from . import onednn
+
 CHUNK_ELEMENTS = 3 << 19  # weights unpacked at once: 3 MB of bf16, 6 MB of fp32 temporaries
 
 
@@ -119,9 +121,11 @@ def unpacked_product(
     layout: Layout,
     scratch: UnpackScratch,
     fp32: bool = False,
+    through_onednn: bool = False,
 ) -> torch.Tensor:
     """`x2d` (rows, K) times the packed weight, chunk by chunk: (rows, N) in the scales' dtype, multiplied
-    in that dtype (fp32 accumulation) or, with `fp32`, in fp32 on the unrounded weights."""
+    in that dtype (fp32 accumulation) or, with `fp32`, in fp32 on the unrounded weights, by `torch.mm` or,
+    `through_onednn` (fp32 only), by oneDNN's inner product (on the chunk's transposed view: no copy)."""
     dtype = scales_and_zeros.dtype
     compute = torch.float32 if fp32 else dtype
     x2d = x2d.to(compute)
@@ -129,9 +133,12 @@ def unpacked_product(
     out = torch.empty(rows, packed.shape[0], dtype=dtype)
     for span in chunks(packed.shape[0], K, layout):
         start, end, run = span[0], span[1], span[2].run
-        weight = unpack_chunk(packed, scales_and_zeros, span, compute, scratch)
-        product = scratch.take("product", (rows, end - start), compute)
-        torch.mm(x2d, weight, out=product)  # columns in (nibble, byte) order
+        weight = unpack_chunk(packed, scales_and_zeros, span, compute, scratch)  # (K, n)
+        if through_onednn and fp32:
+            product = onednn.product(x2d, weight.t())
+        else:
+            product = scratch.take("product", (rows, end - start), compute)
+            torch.mm(x2d, weight, out=product)  # columns in (nibble, byte) order
         out[:, start:end].view(rows, -1, 2, run).copy_(product.view(rows, 2, -1, run).transpose(1, 2))
     return out
 

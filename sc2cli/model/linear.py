@@ -189,7 +189,8 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
     if role == "fp32":
         return ["linear"] + (["onednn"] if onednn.fp32_works() else [])
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
-        return ["tinygemm"] + (["dequant", "dequant-fp32"] if cpu_layout(dtype) is not None else [])
+        unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
+        return ["tinygemm"] + (unpacked if cpu_layout(dtype) is not None else [])
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
         ["weight-only"] if dtype != torch.float32 else []
     )

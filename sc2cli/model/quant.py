@@ -7,7 +7,8 @@ tensors a packed-weight cache stored (`state()` / `from_state`), so a model is q
 - `Int4Linear`: 4-bit weights with an fp scale and zero point per group of `INT4_GROUP` inputs, through
   PyTorch's own tinygemm kernels (`aten._weight_int4pack_mm_for_cpu` on CPUs, `_weight_int4pack_mm` on
   CUDA); on a CPU, a prompt's many rows may instead take its `prompt` path, `dequant`: the packed weight
-  unpacked chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py).
+  unpacked chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py; in fp32, by
+  `torch.mm` or oneDNN).
 
 Every quantizer works on a block of output rows at a time, so its fp32 temporaries stay small next to
 the weights: peak memory while quantizing stays near the bf16 model.
@@ -22,6 +23,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import onednn
 from .dequant import Layout, UnpackScratch, cpu_layout, unpacked_product
 from .kernels import ROLES
 
@@ -233,7 +235,8 @@ class Int4Linear(QuantizedLinear):
     def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
         """Take `path` for prompts where it runs here (tinygemm otherwise); returns the path taken."""
         layout = cpu_layout(self.scales_and_zeros.dtype) if self.packed.device.type == "cpu" else None
-        if path not in INT4_PROMPT_PATHS or (path != "tinygemm" and layout is None):
+        runs = path in INT4_PROMPT_PATHS and (path != "dequant-fp32-onednn" or onednn.fp32_works())
+        if not runs or (path != "tinygemm" and layout is None):
             path = "tinygemm"
         self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
         self.scratch = scratch or self.scratch
@@ -260,8 +263,8 @@ class Int4Linear(QuantizedLinear):
         if self.packed.device.type == "cuda":
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
         if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS:
-            fp32 = self.prompt == "dequant-fp32"
-            return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32)
+            fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
+            return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

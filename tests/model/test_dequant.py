@@ -13,10 +13,16 @@ import torch
 
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.folders import cache_folder
-from sc2cli.model import dequant
+from sc2cli.model import dequant, onednn
 from sc2cli.model.dequant import KNOWN_LAYOUTS, UnpackScratch, cpu_layout, unpacked_product
 from sc2cli.model.linear import plan_kernels
-from sc2cli.model.quant import INT4_PROMPT_ROWS, Int4Linear, quantize_and_pack_int4, quantize_int4
+from sc2cli.model.quant import (
+    INT4_PROMPT_PATHS,
+    INT4_PROMPT_ROWS,
+    Int4Linear,
+    quantize_and_pack_int4,
+    quantize_int4,
+)
 
 from ..checkpoints import write_tiny_model
 
@@ -90,10 +96,12 @@ def test_the_layouts_of_other_instruction_sets_are_recognised(isa, layout):
 
 
 @needs_layout
-@pytest.mark.parametrize("path", ["dequant", "dequant-fp32"])
+@pytest.mark.parametrize("path", ["dequant", "dequant-fp32", "dequant-fp32-onednn"])
 @pytest.mark.parametrize("rows", [INT4_PROMPT_ROWS, 200, 333])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_prompt_paths_agree_with_tinygemm_within_bf16_rounding(shape, rows, path, chunking):
+    if path.endswith("onednn") and not onednn.fp32_works():
+        pytest.skip("oneDNN's fp32 inner product does not run in this build")
     _, packed, scales_and_zeros = packed_weight(shape, torch.bfloat16, seed=rows)
     layer = Int4Linear(packed, scales_and_zeros, None, shape[1])
     assert layer.use_prompt_path(path) == path
@@ -155,7 +163,8 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
     )
     first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto")
     assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant"}
-    assert measured == [["dequant", "dequant-fp32", "tinygemm"]] * 2
+    unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
+    assert measured == [[*unpacked, "tinygemm"]] * 2
     assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto") == first  # remembered
     assert len(measured) == 2
     assert "int4-prompt 256x128" in (cache_folder() / "kernels.json").read_text()
@@ -165,7 +174,7 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
 def test_the_probe_times_real_layers_of_every_path():
     """Unmocked: the stand-in layers of each path run (on stand-in packed bytes) and one of them wins."""
     plan = plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "auto", remember=False)
-    assert plan[(128, 256)]["int4-prompt"] in ("tinygemm", "dequant", "dequant-fp32")
+    assert plan[(128, 256)]["int4-prompt"] in INT4_PROMPT_PATHS
 
 
 def test_small_models_take_tinygemm_unmeasured(monkeypatch):
