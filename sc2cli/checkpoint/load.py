@@ -221,12 +221,14 @@ def load_checkpoint(
     with torch.device("meta"):
         model = Starcoder2(config, attn=backend)
     shapes, weight_bytes = linear_shapes(model)
-    if quantize == "none":  # measured with the weights in place, for the reason choose_run_paths gives
+    if (
+        quantize == "none"
+    ):  # kernels measured with the weights in place, for the reason choose_run_paths gives
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
-        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
+    plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
+    if quantize == "none":
         model.kernels = prepare(model, quantize, plan)
     else:  # the packed-weight cache is keyed by the plan: measured before loading
-        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
         model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
     model.kernels += choose_run_paths(model, backend, kernels)
     model.checkpoint_dir = folder

@@ -67,9 +67,9 @@ class Scratch:
 class UpcastLinear(nn.Module):
     """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, bf16 only, or `linear`), many rows by
     `prefill` (`upcast`: fp32 through `scratch` by F.linear, `upcast-onednn`: by oneDNN; `linear`: as they
-    are). `decode="packed"` (bf16, with
-    `prefill="linear"`): every product through oneDNN on the weight reordered once into its blocked layout,
-    which replaces the dense one (a tied lm_head gets its own copy; the embedding keeps the dense one)."""
+    are). `decode="packed"` (bf16, with `prefill="linear"`): every product through oneDNN on the weight
+    reordered once into its blocked layout, which replaces the dense one (a tied lm_head gets its own copy;
+    the embedding keeps the dense one)."""
 
     def __init__(self, linear: nn.Linear, scratch: Scratch, decode: str = "linear", prefill: str = "upcast"):
         super().__init__()
@@ -222,6 +222,7 @@ def _as_linear(weight: torch.Tensor) -> nn.Linear:
 
 
 def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
+    """`F.linear` and the oneDNN paths `available` names, on the stand-in weight (bf16 decode; fp32)."""
     weight = layer().weight
     paths = {"linear": lambda x: F.linear(x, weight)}
     if "onednn" in available:
@@ -237,14 +238,6 @@ def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) ->
     paths = {"linear": lambda x: F.linear(x, weight)}
     for path in available[1:]:
         paths[path] = lambda x, p=path: _upcast_product(x, scratch.fp32(weight), None, p).to(x.dtype)
-    return paths
-
-
-def _fp32_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
-    weight = layer().weight
-    paths = {"linear": lambda x: F.linear(x, weight)}
-    if "onednn" in available:
-        paths["onednn"] = lambda x: onednn.product(x, weight)
     return paths
 
 
@@ -276,7 +269,7 @@ def _int4_prompt_candidates(layer: Callable[[], nn.Linear], available: list[str]
 CANDIDATES = {
     "decode": _decode_candidates,
     "prefill": _prefill_candidates,
-    "fp32": _fp32_candidates,
+    "fp32": _decode_candidates,  # the same two products on fp32 weights (never packed: bf16 only)
     "int8": _int8_candidates,
     "int4-prompt": _int4_prompt_candidates,
 }
