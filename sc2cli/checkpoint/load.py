@@ -35,7 +35,7 @@ from ..model.linear import (
     use_prompt_paths,
 )
 from ..model.model import Starcoder2
-from ..model.quant import INT4_GROUP, KINDS, int4_layout
+from ..model.quant import INT4_GROUP, INT4_MULTIPLIER_MAX, KINDS, int4_layout
 from ..model.rows import model_row_costs
 from .layout import checkpoint_files, read_config
 from .packed import packed_path, packed_usable, read_packed, tensor_bytes, write_packed
@@ -263,7 +263,7 @@ def load_quantized(
         shape: {r: p for r, p in paths.items() if r not in RUN_TIME_ROLES} for shape, paths in plan.items()
     }
     description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(stored.items()),
-                   "int4": [INT4_GROUP, int4_layout(device)] if quantize == "int4" else None}  # fmt: skip
+                   "int4": [INT4_GROUP, INT4_MULTIPLIER_MAX, int4_layout(device)] if quantize == "int4" else None}  # fmt: skip
     path, key = packed_path(files, description)
     if packed_usable(path, key, set(linears)):
         originals = {name: model.get_submodule(name) for name in linears}  # still on the meta device

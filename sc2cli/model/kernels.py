@@ -17,8 +17,10 @@ decision with its candidate paths:
 - `int4-prompt`: int4 weights times a prompt's many rows (quant.py's `INT4_PROMPT_ROWS` or more; fewer
   rows always take tinygemm): `tinygemm` (PyTorch's kernel, which unpacks the weights again for each four
   rows), `dequant` (unpacked chunk by chunk into the model's dtype, then one dense product; dequant.py) or
-  `dequant-fp32` (unpacked into fp32 and multiplied in fp32, for CPUs without bf16 arithmetic), or the same
-  through oneDNN's inner product (`dequant-fp32-onednn`; 2.3x `torch.mm` on an AMD CPU without native bf16).
+  `dequant-fp32` (unpacked into fp32 and multiplied in fp32, for CPUs without bf16 arithmetic), the same
+  through oneDNN's inner product (`dequant-fp32-onednn`; 2.3x `torch.mm` on an AMD CPU without native bf16),
+  or `int8` (the rows rounded to int8, the weights unpacked into int8, `torch._int_mm`: ~1.8x bf16's
+  multiply rate with VNNI; the only path that rounds anything the others keep).
 - `attention`: one token's attention under the sdpa backend, `fused` (PyTorch's kernel) or `grouped`
   (fp32 matrix products, each K/V head read once per query group; attention.py). Keyed by the widths of
   q and k rather than a weight's shape.
@@ -49,7 +51,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "prefill": ("linear", "upcast", "upcast-onednn"),
     "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only"),
-    "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn"),
+    "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8"),
     "attention": ("fused", "grouped"),
 }
 PROBE_ROWS = {
@@ -63,7 +65,7 @@ PROBE_ROWS = {
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
-PROBE_VERSION = 2  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 3  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import InputError
 from . import onednn
-from .dequant import UnpackScratch, cpu_layout
+from .dequant import UnpackScratch, cpu_layout, int8_mm_works
 from .device import cpu_has_native_bf16
 from .kernels import PROBE_MAX_OUT, Choices, choose, parse_forced
 from .quant import (
@@ -190,6 +190,7 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
         return ["linear"] + (["onednn"] if onednn.fp32_works() else [])
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
+        unpacked += ["int8"] if int8_mm_works() else []
         return ["tinygemm"] + (unpacked if cpu_layout(dtype) is not None else [])
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
         ["weight-only"] if dtype != torch.float32 else []
@@ -259,9 +260,10 @@ def _int4_prompt_candidates(layer: Callable[[], nn.Linear], available: list[str]
     dtype = layer().weight.dtype
     packed = torch.full((n, k // 2), 0x88, dtype=torch.uint8)
     scales_and_zeros = torch.full((k // INT4_GROUP, n, 2), 0.01, dtype=dtype)
+    row_scales = scales_and_zeros[0, :, 0].float()  # multipliers of 1
     scratch, made = UnpackScratch(), {}
     for path in available:
-        made[path] = Int4Linear(packed, scales_and_zeros, None, k)
+        made[path] = Int4Linear(packed, scales_and_zeros, None, k, row_scales)
         made[path].use_prompt_path(path, scratch)
     return made
 

@@ -6,9 +6,10 @@ tensors a packed-weight cache stored (`state()` / `from_state`), so a model is q
 - `WeightOnlyInt8Linear`: the same int8 weights, bf16/fp16 activations (`aten._weight_int8pack_mm`).
 - `Int4Linear`: 4-bit weights with an fp scale and zero point per group of `INT4_GROUP` inputs, through
   PyTorch's own tinygemm kernels (`aten._weight_int4pack_mm_for_cpu` on CPUs, `_weight_int4pack_mm` on
-  CUDA); on a CPU, a prompt's many rows may instead take its `prompt` path, `dequant`: the packed weight
-  unpacked chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py; in fp32, by
-  `torch.mm` or oneDNN).
+  CUDA); on a CPU, a prompt's many rows may instead take its `prompt` path: the packed weight unpacked
+  chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py; in bf16, in fp32 by
+  `torch.mm` or oneDNN, or in int8 with the rows rounded to int8). Each group's scale is a whole multiple
+  of its row's scale, so the int8 product multiplies the very weights tinygemm does.
 
 Every quantizer works on a block of output rows at a time, so its fp32 temporaries stay small next to
 the weights: peak memory while quantizing stays near the bf16 model.
@@ -24,7 +25,15 @@ import torch
 from torch import nn
 
 from . import onednn
-from .dequant import Layout, UnpackScratch, cpu_layout, unpacked_product
+from .dequant import (
+    Layout,
+    UnpackScratch,
+    cpu_layout,
+    int8_mm_works,
+    int8_product,
+    multipliers_exact,
+    unpacked_product,
+)
 from .kernels import ROLES
 
 QUANT_ELEMENTS = 1 << 19  # weights quantized (and int4-packed) at once: fp32 temporaries of 2 MB
@@ -34,6 +43,8 @@ PACK_BLOCK = 64  # rows tinygemm's CPU layout packs together (checked at run tim
 # kernels' time is the same within noise, but g32's scales add 25% to the packed bytes decode reads
 # (g64: 12.5%). g128 does not divide the tiny model's 192 inputs.
 INT4_GROUP = 64
+# A group's scale is its row's scale times a whole number up to this: (code - 8) * 16 spans -128..112, int8.
+INT4_MULTIPLIER_MAX = 16
 INT4_INNER_K_TILES = 8  # tinygemm's CUDA layout: in_features must be a multiple of 16 * this
 # Rows from which an int4 product takes its prompt path. Measured (3B shapes, one thread): unpacking then
 # multiplying densely overtakes tinygemm between 64 and 128 rows (12288x3072: 42 vs 33 ms at 64 rows,
@@ -60,24 +71,62 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q, scales
 
 
-def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric 4-bit per group of `group` inputs: (codes int32 (N, K) in 0..15, scales_and_zeros
-    (K/group, N, 2) fp32) with weight ≈ (code - 8) * scale + zero, tinygemm's convention."""
+def quantize_int4(
+    weight: torch.Tensor, group: int = INT4_GROUP
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit per group of `group` inputs, with weight ≈ (code - 8) * scale + zero (tinygemm's
+    convention): (codes int32 (N, K) in 0..15, scales_and_zeros (K/group, N, 2) fp32, row_scales (N,)).
+
+    Each group's scale is its row's `row_scale` times a whole multiplier in 1..`INT4_MULTIPLIER_MAX`, and
+    `row_scale` has 4 significant bits, so every scale is exact in bf16 and fp16 and (code - 8) * multiplier
+    fits in int8: a prompt can be multiplied in int8 against the very weights tinygemm multiplies
+    (dequant.py's `int8_product`). Of the two multipliers around a group's range / 15 (the smaller clips
+    its extremes a little, the larger is coarser), each group keeps the one with the smaller squared
+    error; its codes are centred on the range."""
     N, K = weight.shape
     if K % group:
         raise ValueError(f"int4 needs in_features ({K}) divisible by the group size {group}")
     codes = torch.empty(N, K, dtype=torch.int32, device=weight.device)
     scales_and_zeros = torch.empty(K // group, N, 2, dtype=torch.float32, device=weight.device)
+    row_scales = torch.empty(N, dtype=torch.float32, device=weight.device)
     rows = block_rows(K)
     for start in range(0, N, rows):
         w = weight[start : start + rows].detach().to(torch.float32, copy=True)  # (n, K): never the original
         w = w.view(-1, K // group, group)  # (n, G, group)
         low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        scale = (high - low).clamp(min=1e-6) / 15
+        ideal = (high - low).clamp(min=1e-6) / 15  # (n, G, 1)
+        row_scale = _round_up_to_4_bits(ideal.amax(1, keepdim=True) / INT4_MULTIPLIER_MAX)  # (n, 1, 1)
+        ratio = ideal / row_scale  # <= 16
+        multipliers = (
+            ratio.floor().clamp_(1, INT4_MULTIPLIER_MAX),
+            ratio.ceil().clamp_(1, INT4_MULTIPLIER_MAX),
+        )
+        candidates = [_fit(w, low, high, row_scale * m) for m in multipliers]
+        (q, scale, zero, error), (q2, scale2, zero2, error2) = candidates
+        better = error2 < error  # (n, G, 1)
+        q, scale, zero = q.where(~better, q2), scale.where(~better, scale2), zero.where(~better, zero2)
         scales_and_zeros[:, start : start + rows, 0] = scale[..., 0].t()
-        scales_and_zeros[:, start : start + rows, 1] = (low + 8 * scale)[..., 0].t()
-        codes[start : start + rows] = w.sub_(low).div_(scale).round_().clamp_(0, 15).view(-1, K)
-    return codes, scales_and_zeros
+        scales_and_zeros[:, start : start + rows, 1] = zero[..., 0].t()
+        row_scales[start : start + rows] = row_scale.view(-1)
+        codes[start : start + rows] = q.view(-1, K)
+    return codes, scales_and_zeros, row_scales
+
+
+def _fit(
+    w: torch.Tensor, low: torch.Tensor, high: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Codes for `w` (n, G, group) at `scale` (n, G, 1), centred on each group's range: (codes, scale, zero,
+    squared error per group)."""
+    zero = (low + high) / 2 + scale / 2  # codes 0..15 span zero - 8 * scale .. zero + 7 * scale
+    q = ((w - zero) / scale).round_().add_(8).clamp_(0, 15)
+    return q, scale, zero, ((q - 8) * scale + zero - w).square_().sum(-1, keepdim=True)
+
+
+def _round_up_to_4_bits(x: torch.Tensor) -> torch.Tensor:
+    """The smallest number >= `x` (positive) with at most 4 significant bits."""
+    _, exponent = torch.frexp(x)  # x = m * 2**exponent, 0.5 <= m < 1
+    step = torch.pow(2.0, exponent.to(x.dtype) - 4)
+    return torch.ceil(x / step) * step
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -101,21 +150,23 @@ def cpu_packing_splits_by_rows() -> bool:
 
 def quantize_and_pack_int4(
     weight: torch.Tensor, group: int = INT4_GROUP
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed weight, scales_and_zeros (K/group, N, 2) fp32), a block of rows at a time on CPUs where the
-    layout allows it."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed weight, scales_and_zeros (K/group, N, 2) fp32, row_scales (N,)), a block of rows at a time on
+    CPUs where the layout allows it."""
     if weight.device.type == "cuda" or not cpu_packing_splits_by_rows():
-        codes, scales_and_zeros = quantize_int4(weight, group)
-        return pack_int4(codes), scales_and_zeros
+        codes, scales_and_zeros, row_scales = quantize_int4(weight, group)
+        return pack_int4(codes), scales_and_zeros, row_scales
     N, K = weight.shape
     packed = torch.empty(N, K // 2, dtype=torch.uint8)
     scales_and_zeros = torch.empty(K // group, N, 2, dtype=torch.float32)
+    row_scales = torch.empty(N, dtype=torch.float32)
     rows = block_rows(K)
     for start in range(0, N, rows):
-        codes, sz = quantize_int4(weight[start : start + rows], group)
+        codes, sz, rs = quantize_int4(weight[start : start + rows], group)
         packed[start : start + rows] = pack_int4(codes)
         scales_and_zeros[:, start : start + rows] = sz
-    return packed, scales_and_zeros
+        row_scales[start : start + rows] = rs
+    return packed, scales_and_zeros, row_scales
 
 
 def int4_fits(shape: tuple[int, int], device: torch.device, group: int = INT4_GROUP) -> bool:
@@ -217,15 +268,18 @@ class Int4Linear(QuantizedLinear):
     """4-bit weights, a scale and zero per group of `INT4_GROUP` inputs; the activations are multiplied in
     the scales' dtype (the model's on a CPU, bf16 on CUDA) and returned in their own. `prompt` is the path
     of products of `INT4_PROMPT_ROWS` rows or more on a CPU (`INT4_PROMPT_PATHS`): `tinygemm` like single
-    tokens, `dequant` (unpacked into the model's dtype) or `dequant-fp32` (into fp32, multiplied in fp32),
-    both through `scratch`, which the model's int4 layers share (`use_prompt_path`)."""
+    tokens, `dequant` (unpacked into the model's dtype) or `dequant-fp32` (into fp32, multiplied in fp32, by
+    `torch.mm` or oneDNN), or `int8` (the rows quantized to int8, the weights unpacked into int8: needs
+    `row_scales`, which quantize_int4 makes), all through `scratch`, which the model's int4 layers share
+    (`use_prompt_path`)."""
 
     kind = "int4"
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int) -> None:  # fmt: skip
+                 in_features: int, row_scales: torch.Tensor | None = None) -> None:  # fmt: skip
         super().__init__()
         self.packed, self.scales_and_zeros, self.bias = packed, scales_and_zeros, bias
+        self.row_scales = row_scales  # (N,) fp32: each group's scale is a whole multiple of its row's
         self.in_features = in_features
         self.out_features = scales_and_zeros.shape[1]
         self.group = in_features // scales_and_zeros.shape[0]
@@ -236,6 +290,8 @@ class Int4Linear(QuantizedLinear):
         """Take `path` for prompts where it runs here (tinygemm otherwise); returns the path taken."""
         layout = cpu_layout(self.scales_and_zeros.dtype) if self.packed.device.type == "cpu" else None
         runs = path in INT4_PROMPT_PATHS and (path != "dequant-fp32-onednn" or onednn.fp32_works())
+        if path == "int8":
+            runs = int8_mm_works() and multipliers_exact(self.scales_and_zeros, self.row_scales)
         if not runs or (path != "tinygemm" and layout is None):
             path = "tinygemm"
         self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
@@ -244,24 +300,31 @@ class Int4Linear(QuantizedLinear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
-        packed, scales_and_zeros = quantize_and_pack_int4(linear.weight, group)
+        packed, scales_and_zeros, row_scales = quantize_and_pack_int4(linear.weight, group)
         bias = None if linear.bias is None else linear.bias.detach()
         dtype = torch.bfloat16 if linear.weight.device.type == "cuda" else linear.weight.dtype
-        return cls(packed, scales_and_zeros.to(dtype), bias, linear.in_features)
+        return cls(packed, scales_and_zeros.to(dtype), bias, linear.in_features, row_scales)
 
     def state(self) -> dict[str, torch.Tensor]:
-        tensors = {"packed": self.packed, "scales_and_zeros": self.scales_and_zeros}
-        return tensors | ({} if self.bias is None else {"bias": self.bias})
+        tensors = {
+            "packed": self.packed,
+            "scales_and_zeros": self.scales_and_zeros,
+            "row_scales": self.row_scales,
+        }
+        return {name: t for name, t in (tensors | {"bias": self.bias}).items() if t is not None}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> Int4Linear:
         in_features = state["scales_and_zeros"].shape[0] * _group_of(state)
-        return cls(state["packed"], state["scales_and_zeros"], state.get("bias"), in_features)
+        sz, bias, row_scales = state["scales_and_zeros"], state.get("bias"), state.get("row_scales")
+        return cls(state["packed"], sz, bias, in_features, row_scales)
 
     def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
         sz = self.scales_and_zeros
         if self.packed.device.type == "cuda":
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
+        if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS and self.prompt == "int8":
+            return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch)
         if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
             return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)

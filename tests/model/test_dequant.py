@@ -1,5 +1,6 @@
-"""int4 prompts through unpacked weights: the unpacked weight is exactly the one tinygemm multiplies, both
-prompt paths agree, and a model takes the path its plan names, loaded quantized or from the cache."""
+"""int4 prompts through unpacked weights: the unpacked weight is exactly the one tinygemm multiplies, the
+prompt paths agree with tinygemm (the int8 path within its rows' rounding to int8, and exactly on rows
+already in int8), and a model takes the path its plan names, loaded quantized or from the cache."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import torch
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.folders import cache_folder
 from sc2cli.model import dequant, onednn
-from sc2cli.model.dequant import KNOWN_LAYOUTS, UnpackScratch, cpu_layout, unpacked_product
+from sc2cli.model.dequant import (
+    KNOWN_LAYOUTS,
+    UnpackScratch,
+    cpu_layout,
+    int8_mm_works,
+    unpacked_product,
+)
 from sc2cli.model.linear import plan_kernels
 from sc2cli.model.quant import (
     INT4_PROMPT_PATHS,
@@ -33,9 +40,17 @@ needs_layout = pytest.mark.skipif(
 )
 
 
-def packed_weight(shape, dtype, seed=0):
+needs_int8 = pytest.mark.skipif(
+    cpu_layout(torch.bfloat16) is None or not int8_mm_works(),
+    reason="tinygemm's CPU layout unknown or torch._int_mm missing here",
+)
+
+
+def packed_weight(shape, dtype, seed=0, with_row_scales=False):
     weight = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    packed, scales_and_zeros = quantize_and_pack_int4(weight)
+    packed, scales_and_zeros, row_scales = quantize_and_pack_int4(weight)
+    if with_row_scales:
+        return weight, packed, scales_and_zeros.to(dtype), row_scales
     return weight, packed, scales_and_zeros.to(dtype)
 
 
@@ -61,7 +76,7 @@ def test_the_unpacked_weight_is_exactly_the_one_tinygemm_multiplies(shape, dtype
     unpacked = unpacked_product(identity, packed, scales_and_zeros, layout, UnpackScratch())  # (K, N)
     assert torch.equal(unpacked, tinygemm(identity, packed, scales_and_zeros))
     if dtype != torch.float32:  # (code - 8) * scale is exact: the reference rounds only once too
-        codes, _ = quantize_int4(weight)
+        codes, _, _ = quantize_int4(weight)
         scale, zero = (scales_and_zeros[..., i].float().t().repeat_interleave(64, 1) for i in (0, 1))
         assert torch.equal(unpacked.t(), ((codes - 8) * scale + zero).to(dtype))
 
@@ -114,6 +129,65 @@ def test_prompt_paths_agree_with_tinygemm_within_bf16_rounding(shape, rows, path
     assert (got.float() - want.float()).abs().max() <= tolerance
 
 
+def weights_tinygemm_multiplies(packed, scales_and_zeros):
+    """(K, N) fp64: each weight alone, through tinygemm (the product with an identity matrix)."""
+    k = packed.shape[1] * 2
+    return tinygemm(torch.eye(k, dtype=scales_and_zeros.dtype), packed, scales_and_zeros).double()
+
+
+@needs_int8
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_the_int8_path_is_exact_on_rows_already_in_int8(shape, dtype, chunking):
+    """Rows that are whole multiples of their max / 127 lose nothing to int8: the product is tinygemm's
+    weights times them, rounded once (fp32: to fp32's sums)."""
+    _, packed, scales_and_zeros, row_scales = packed_weight(shape, dtype, seed=7, with_row_scales=True)
+    layer = Int4Linear(packed, scales_and_zeros, None, shape[1], row_scales)
+    assert layer.use_prompt_path("int8") == "int8"
+    generator = torch.Generator().manual_seed(2)
+    steps = torch.randint(-127, 128, (INT4_PROMPT_ROWS, shape[1]), generator=generator)
+    steps[:, 0] = 127  # each row's largest
+    x = (steps * 2.0**-9).to(dtype)  # exact in every dtype
+    want = x.double() @ weights_tinygemm_multiplies(packed, scales_and_zeros)
+    before = x.clone()
+    got = layer(x).double()
+    assert torch.equal(x, before)  # scaled in a copy, fp32 rows too
+    rounding = {torch.float32: 2**-20, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    assert (got - want).abs().max() <= rounding * want.abs().max()
+
+
+@needs_int8
+@pytest.mark.parametrize("rows", [INT4_PROMPT_ROWS, 333])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_the_int8_path_errs_only_by_its_rows_rounding_to_int8(shape, rows, chunking):
+    """Each row rounds to int8 by at most half its step (max |x| / 254); the product then errs by at most
+    that times the sum of |w| of each output (the zeros' part is taken on the unrounded rows, so only the
+    scaled codes count), plus the output's rounding to bf16."""
+    _, packed, scales_and_zeros, row_scales = packed_weight(
+        shape, torch.bfloat16, seed=rows, with_row_scales=True
+    )
+    layer = Int4Linear(packed, scales_and_zeros, torch.randn(shape[0]).bfloat16(), shape[1], row_scales)
+    assert layer.use_prompt_path("int8") == "int8"
+    x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(3)).bfloat16()
+    weights = weights_tinygemm_multiplies(packed, scales_and_zeros)  # (K, N)
+    zeros = scales_and_zeros[..., 1].double().repeat_interleave(64, 0)  # (K, N)
+    exact = x.double() @ weights + layer.bias.double()
+    half_step = x.double().abs().amax(1, keepdim=True) / 254  # (rows, 1)
+    bound = half_step * (weights - zeros).abs().sum(0) + 2**-8 * exact.abs() + 1e-6
+    got = layer(x).double()
+    assert (got - exact).abs().le(bound).all()
+    assert (got - exact).abs().max() > 0  # the rows did round: the bound is what is tested
+
+
+@needs_int8
+def test_the_int8_path_needs_whole_multiples_and_otherwise_takes_tinygemm():
+    _, packed, scales_and_zeros, row_scales = packed_weight((256, 128), torch.bfloat16, with_row_scales=True)
+    assert Int4Linear(packed, scales_and_zeros, None, 128).use_prompt_path("int8") == "tinygemm"  # old cache
+    skewed = row_scales * 1.5  # the scales are no longer whole multiples of these
+    assert Int4Linear(packed, scales_and_zeros, None, 128, skewed).use_prompt_path("int8") == "tinygemm"
+    assert Int4Linear(packed, scales_and_zeros, None, 128, row_scales).use_prompt_path("int8") == "int8"
+
+
 @needs_layout
 def test_fewer_rows_than_a_prompt_take_tinygemm_whatever_the_path():
     _, packed, scales_and_zeros = packed_weight((256, 128), torch.bfloat16)
@@ -164,6 +238,7 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
     first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto")
     assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant"}
     unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
+    unpacked += ["int8"] if int8_mm_works() else []
     assert measured == [[*unpacked, "tinygemm"]] * 2
     assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto") == first  # remembered
     assert len(measured) == 2
@@ -211,3 +286,9 @@ def test_a_model_takes_the_planned_prompt_path_quantized_and_from_the_cache(tmp_
         a, b, c = (model(ids).float() for model in (first, cached, other))
     assert torch.equal(a, b)
     assert (a - c).abs().max() <= 0.03 * c.abs().max()  # bf16 weights vs tinygemm's fp32 ones, 2 layers
+    if int8_mm_works():  # the cached scales serve the int8 path too
+        in_int8 = load("int8")
+        assert "packed-weight cache" in in_int8.kernels and "int4 prompts int8" in in_int8.kernels
+        with torch.inference_mode():
+            d = in_int8(ids).float()
+        assert (d - c).abs().max() <= 0.03 * c.abs().max()

@@ -118,18 +118,45 @@ def test_per_channel_quantization_round_trips_in_chunks(monkeypatch):
     assert ((q.float() * scales[:, None]) - w).abs().max() <= scales.max() / 2 + 1e-6
 
 
+def restore_int4(codes, sz, group):
+    scale, zero = (sz[..., i].t().repeat_interleave(group, 1) for i in (0, 1))  # (N, K) each
+    return (codes - 8) * scale + zero
+
+
 @pytest.mark.parametrize("group", [32, 64, 128])
-def test_int4_codes_round_trip_within_half_a_step(monkeypatch, group):
+def test_int4_scales_are_whole_multiples_of_a_4_bit_row_scale(monkeypatch, group):
+    """What the int8 prompt path relies on: every scale is its row's scale times 1..16, exactly, in bf16 and
+    fp16 too; and each group's error is at most that of a scale covering its whole range (half a step)."""
     import sc2cli.model.quant as quant
 
     monkeypatch.setattr(quant, "block_rows", lambda k: 5)
-    w = torch.randn(24, 256)
-    codes, sz = quantize_int4(w, group)  # sz (K/group, N, 2)
+    w = torch.randn(24, 256) * torch.logspace(-3, 1, 24)[:, None]  # rows of very different sizes
+    w[3, :group] *= 20  # one group far wider than the rest of its row
+    codes, sz, row_scales = quantize_int4(w, group)  # sz (K/group, N, 2)
     assert codes.min() >= 0 and codes.max() <= 15 and sz.shape == (256 // group, 24, 2)
-    scale = sz[..., 0].t().repeat_interleave(group, 1)  # (N, K)
-    zero = sz[..., 1].t().repeat_interleave(group, 1)
-    restored = (codes - 8) * scale + zero
-    assert ((restored - w).abs() <= scale / 2 + 1e-5).all()
+    multipliers = sz[..., 0] / row_scales
+    assert (
+        torch.equal(multipliers, multipliers.round()) and multipliers.min() >= 1 and multipliers.max() <= 16
+    )
+    mantissa, _ = torch.frexp(row_scales)
+    assert torch.equal(mantissa * 16, (mantissa * 16).round())  # 4 significant bits
+    for dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(sz[..., 0].to(dtype).float(), sz[..., 0])
+    groups = w.view(24, -1, group)
+    covering = row_scales[:, None] * ((groups.amax(-1) - groups.amin(-1)) / 15 / row_scales[:, None]).ceil()
+    error = (restore_int4(codes, sz, group) - w).view(24, -1, group).square().mean(-1)  # (N, G)
+    assert (error <= (covering / 2).square() * 1.0001).all()
+
+
+def test_int4_error_is_no_worse_than_plain_min_max_groups():
+    """The whole-multiple scales cost nothing measurable against one free scale per group (min-max)."""
+    w = torch.randn(512, 3072, generator=torch.Generator().manual_seed(0))
+    codes, sz, _ = quantize_int4(w)
+    groups = w.view(512, -1, 64)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = (high - low) / 15
+    plain = ((groups - low) / scale).round() * scale + low
+    assert (restore_int4(codes, sz, 64) - w).square().mean() <= (plain.view(512, -1) - w).square().mean()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -137,9 +164,8 @@ def test_int4_codes_round_trip_within_half_a_step(monkeypatch, group):
 def test_int4_product_is_the_product_of_its_dequantized_weight(dtype, rows):
     linear = layer(dtype, 256, 512)
     fast = Int4Linear.from_linear(linear)
-    codes, sz = quantize_int4(linear.weight)
-    scale, zero = (sz[..., i].t().repeat_interleave(fast.group, 1) for i in (0, 1))  # (N, K) each
-    dequantized = (codes - 8) * scale + zero
+    codes, sz, _ = quantize_int4(linear.weight)
+    dequantized = restore_int4(codes, sz, fast.group)
     x = torch.randn(2, rows, 512).to(dtype)
     out = fast(x)
     assert out.dtype == dtype and out.shape == (2, rows, 256)
