@@ -50,6 +50,9 @@ INT4_INNER_K_TILES = 8  # tinygemm's CUDA layout: in_features must be a multiple
 # multiplying densely overtakes tinygemm between 64 and 128 rows (12288x3072: 42 vs 33 ms at 64 rows,
 # 55 vs 67 at 128), since unpacking costs the same whatever the rows.
 INT4_PROMPT_ROWS = 128
+# The int8 path overtakes tinygemm sooner (3B shapes, 2 threads: 12288x3072 at 32 rows 7.9 vs 10.3 ms, at
+# 64 rows 15.5 vs 11.8; 3072x12288 at 64 rows 19.9 vs 13.5; 3072x3072 at 64 rows 5.0 vs 3.9).
+INT4_INT8_PROMPT_ROWS = 48
 INT4_PROMPT_PATHS = ROLES["int4-prompt"]
 
 
@@ -267,11 +270,11 @@ class WeightOnlyInt8Linear(QuantizedLinear):
 class Int4Linear(QuantizedLinear):
     """4-bit weights, a scale and zero per group of `INT4_GROUP` inputs; the activations are multiplied in
     the scales' dtype (the model's on a CPU, bf16 on CUDA) and returned in their own. `prompt` is the path
-    of products of `INT4_PROMPT_ROWS` rows or more on a CPU (`INT4_PROMPT_PATHS`): `tinygemm` like single
-    tokens, `dequant` (unpacked into the model's dtype) or `dequant-fp32` (into fp32, multiplied in fp32, by
-    `torch.mm` or oneDNN), or `int8` (the rows quantized to int8, the weights unpacked into int8: needs
-    `row_scales`, which quantize_int4 makes), all through `scratch`, which the model's int4 layers share
-    (`use_prompt_path`)."""
+    of products of `INT4_PROMPT_ROWS` (`int8`: `INT4_INT8_PROMPT_ROWS`) rows or more on a CPU
+    (`INT4_PROMPT_PATHS`): `tinygemm` like single tokens, `dequant` (unpacked into the model's dtype) or
+    `dequant-fp32` (into fp32, multiplied in fp32, by `torch.mm` or oneDNN), or `int8` (the rows quantized
+    to int8, the weights unpacked into int8: needs `row_scales`, which quantize_int4 makes), all through
+    `scratch`, which the model's int4 layers share (`use_prompt_path`)."""
 
     kind = "int4"
 
@@ -323,7 +326,7 @@ class Int4Linear(QuantizedLinear):
         sz = self.scales_and_zeros
         if self.packed.device.type == "cuda":
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
-        if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS and self.prompt == "int8":
+        if self.layout is not None and len(x2d) >= INT4_INT8_PROMPT_ROWS and self.prompt == "int8":
             return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch)
         if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")

@@ -24,6 +24,7 @@ from sc2cli.model.dequant import (
 )
 from sc2cli.model.linear import plan_kernels
 from sc2cli.model.quant import (
+    INT4_INT8_PROMPT_ROWS,
     INT4_PROMPT_PATHS,
     INT4_PROMPT_ROWS,
     Int4Linear,
@@ -189,12 +190,17 @@ def test_the_int8_path_needs_whole_multiples_and_otherwise_takes_tinygemm():
 
 
 @needs_layout
-def test_fewer_rows_than_a_prompt_take_tinygemm_whatever_the_path():
-    _, packed, scales_and_zeros = packed_weight((256, 128), torch.bfloat16)
-    layer = Int4Linear(packed, scales_and_zeros, torch.randn(256).bfloat16(), 128)
-    layer.use_prompt_path("dequant")
-    x = torch.randn(INT4_PROMPT_ROWS - 1, 128).bfloat16()
-    assert torch.equal(layer(x), tinygemm(x, packed, scales_and_zeros) + layer.bias)
+@pytest.mark.parametrize(
+    ("path", "threshold"),
+    [("dequant", INT4_PROMPT_ROWS), pytest.param("int8", INT4_INT8_PROMPT_ROWS, marks=needs_int8)],
+)
+def test_fewer_rows_than_a_prompt_take_tinygemm_whatever_the_path(path, threshold):
+    _, packed, scales_and_zeros, row_scales = packed_weight((256, 128), torch.bfloat16, with_row_scales=True)
+    layer = Int4Linear(packed, scales_and_zeros, torch.randn(256).bfloat16(), 128, row_scales)
+    assert layer.use_prompt_path(path) == path
+    x = torch.randn(threshold, 128).bfloat16()
+    assert torch.equal(layer(x[1:]), tinygemm(x[1:], packed, scales_and_zeros) + layer.bias)
+    assert not torch.equal(layer(x), tinygemm(x, packed, scales_and_zeros) + layer.bias)  # its own path
 
 
 def test_a_path_this_machine_cannot_run_falls_back_to_tinygemm(monkeypatch):
