@@ -169,11 +169,14 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     )
     if load_s is not None:
         report.add("load_s", "sc2", round(load_s, 2))
-    rival = _llama_bench(options, folder, llama, device, report, log)
-    _bench_prefill(options, model, twin, rival, report, log)
+    rival = _llama_bench(options, folder, llama, device, report, log, FILE_TYPES[options.quantize])
+    # a quantized mode's prompts are held to llama.cpp's BF16 too (its quantized prompts run slower there)
+    quantized = options.quantize != "none"
+    baseline = _llama_bench(options, folder, llama, device, report, log, "BF16") if quantized else None
+    rivals = [r for r in (rival, baseline) if r is not None]
+    _bench_prefill(options, model, twin, rivals, report, log)
     _bench_decode(options, model, twin, rival, report, log)
-    if rival is not None and rival.failure is not None:
-        report.notes.append(f"{rival.name}: {rival.failure}")
+    report.notes += [f"{r.name}: {r.failure}" for r in rivals if r.failure is not None]
     if options.compile:
         _bench_compile(options, model, report, log)
     tokenizer = bench_tokenizer(folder)
@@ -248,11 +251,12 @@ def _llama_bench(
     device: torch.device,
     report: Report,
     log,
+    file_type: str,
 ) -> LlamaBench | None:
-    """llama-bench on the GGUF that pairs with sc2's mode (made now if not cached), or None with a note."""
+    """llama-bench on the GGUF of `file_type` (the one that pairs with sc2's mode is FILE_TYPES'; made now if
+    not cached), or None with a note."""
     if llama is None:
         return None
-    file_type = FILE_TYPES[options.quantize]
     report.setup["llama_cpp"] = str(llama.bin)
     try:
         name = options.model.rstrip("/").rsplit("/", 1)[-1] if options.model else "random"
@@ -267,7 +271,7 @@ def _unquantized(folder: Path | None, device: torch.device, options: BenchOption
     return load_checkpoint(folder, device=device, dtype=options.dtype, attn=options.attn)
 
 
-def _bench_prefill(options: BenchOptions, model, twin, rival: LlamaBench | None, report: Report, log) -> None:
+def _bench_prefill(options: BenchOptions, model, twin, rivals: list[LlamaBench], report: Report, log) -> None:
     limit = model.config.max_position_embeddings
     for length in options.prompt_lengths:
         if length >= limit:
@@ -279,18 +283,19 @@ def _bench_prefill(options: BenchOptions, model, twin, rival: LlamaBench | None,
         for run in engines.values():
             run()  # warm-up
         timed = {n: (lambda r=r: median_time(r, 1, 0)) for n, r in engines.items()}
-        if rival is not None and rival.failure is None:
-            timed[rival.name] = rival.prefill_seconds(length)  # llama-bench warms up in each run
+        for rival in rivals:
+            if rival.failure is None:
+                timed[rival.name] = rival.prefill_seconds(length)  # llama-bench warms up in each run
         rates = {n: [length / s for s in samples] for n, samples in interleaved(options.runs, timed).items()}
-        report.add_rounds(f"prefill_{length}_tok_s", _measured(rates, rival))
+        report.add_rounds(f"prefill_{length}_tok_s", _measured(rates, *rivals))
         figures = report.results[f"prefill_{length}_tok_s"]
         log(f"prefill {length}: " + ", ".join(f"{n} {r:.1f} tok/s" for n, r in figures.items()))
 
 
-def _measured(figures: dict[str, list[float]], rival: LlamaBench | None) -> dict[str, list[float]]:
-    """The samples, less the rival's when one of its runs failed (then its failure is the report's note)."""
-    failed = rival is not None and rival.failure is not None
-    return {name: value for name, value in figures.items() if not (failed and name == rival.name)}
+def _measured(figures: dict[str, list[float]], *rivals: LlamaBench | None) -> dict[str, list[float]]:
+    """The samples, less a rival's when one of its runs failed (then its failure is the report's note)."""
+    failed = {r.name for r in rivals if r is not None and r.failure is not None}
+    return {name: value for name, value in figures.items() if name not in failed}
 
 
 def _bench_decode(options: BenchOptions, model, twin, rival: LlamaBench | None, report: Report, log) -> None:

@@ -200,12 +200,25 @@ def test_bench_measures_llama_cpp_interleaved_and_prints_the_ratios(
     assert done.value.code == 0
     table = capsys.readouterr().out
     assert "llama.cpp Q8_0" in table and "sc2 / llama.cpp Q8_0" in table and "1000.0" in table
+    assert "sc2 / llama.cpp BF16" in table  # a quantized mode's prompts are held to BF16's too
     threads = str(torch.get_num_threads())
     prefill = ["-t", threads, "-p", "16", "-n", "0", "-r", "1", "-o", "jsonl", "-ngl", "0"]
     decode = ["-t", threads, "-p", "0", "-n", "4", "-r", "1", "-o", "jsonl", "-d", "64", "-ngl", "0"]
-    gguf = str(gguf_path(folder, "Q8_0"))
-    runs = [["-m", gguf, *rest] for rest in (prefill, prefill, decode, decode)]
-    assert calls(tmp_path) == runs  # one llama-bench run per round
+    q8, bf16 = str(gguf_path(folder, "Q8_0")), str(gguf_path(folder, "BF16"))
+    rounds = [[q8, prefill], [bf16, prefill]] * 2 + [[q8, decode]] * 2
+    assert calls(tmp_path) == [["-m", gguf, *rest] for gguf, rest in rounds]  # one run each per round
+
+
+def test_a_quantized_mode_is_held_to_bf16_prompts_even_when_its_own_file_fails(folder, fake_bin, quick):
+    options = BenchOptions(model=str(folder), prompt_lengths=(16,), decode_tokens=4, runs=1, quantize="int4",
+                           llama_cpp=str(fake_bin))  # fmt: skip
+    report = run_bench(options).to_json()  # the stand-in llama-quantize fails for Q4_K_M
+    assert any(note.startswith("llama.cpp Q4_K_M:") for note in report["notes"])
+    assert set(report["ratios"]) == {"prefill_16_tok_s"}
+    sc2 = report["results"]["prefill_16_tok_s"]["sc2"]
+    assert report["ratios"]["prefill_16_tok_s"] == {
+        "sc2 / llama.cpp BF16": pytest.approx(sc2 / 1000, rel=0.01)
+    }
 
 
 def test_bench_json_has_the_ratios_and_notes_what_failed(folder, fake_bin, quick, capsys, monkeypatch):
