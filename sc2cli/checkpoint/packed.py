@@ -6,6 +6,11 @@ kernel path of each shape; packed layout; dtype; torch version) in `<cache folde
 Hugging Face cache. Written to a temporary file and renamed, so a reader never sees half a file. Read
 back only when it is the current user's, its header names the same key and every module the model needs,
 its size is exact and each tensor's CRC-32 matches; anything else is ignored (and rebuilt by the caller).
+
+A key changes with torch's version, the quantization scheme or the checkpoint's files, and the file of the
+old key would stay behind (1.7 GB for a 3B model in int4). So a read marks its file used (its
+modification time), and each write deletes the current user's packed files unused for `UNUSED_DAYS`
+(and temporary files a crashed write left). Files used by another environment within that time stay.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import contextlib
 import ctypes
 import json
 import os
+import re
+import stat
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +32,10 @@ from ..folders import cache_folder, cache_key, owned_by_user
 from ..model.quant import QuantizedLinear
 
 FORMAT = 1  # bump when what is stored changes meaning
+UNUSED_DAYS = 30  # a packed file neither written nor read for this long is deleted by the next write
+TMP_HOURS = 24  # a temporary file older than this is a crashed write's
+PACKED_NAME = re.compile(r"[0-9a-f]{40}\.safetensors")
+TMP_NAME = re.compile(r"\.[0-9a-f]{40}\.safetensors\.[0-9]+\.tmp")
 DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I8": torch.int8, "U8": torch.uint8, "I32": torch.int32,
@@ -72,6 +84,33 @@ def write_packed(path: Path, key: str, modules: dict[str, QuantizedLinear]) -> N
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        return
+    prune(path.parent, keep=path)
+
+
+def prune(folder: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Delete the packed files in `folder` unused for `UNUSED_DAYS` and temporary ones older than
+    `TMP_HOURS`: only regular files of our own names that the current user owns, never `keep`. Returns
+    what was deleted."""
+    now = time.time() if now is None else now
+    deleted = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.name == keep.name:
+                continue
+            packed, tmp = PACKED_NAME.fullmatch(entry.name), TMP_NAME.fullmatch(entry.name)
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                age = UNUSED_DAYS * 86400 if packed else TMP_HOURS * 3600
+                if (
+                    (packed or tmp)
+                    and stat.S_ISREG(info.st_mode)
+                    and owned_by_user(info)
+                    and info.st_mtime < now - age
+                ):
+                    os.unlink(entry.path)
+                    deleted.append(Path(entry.path))
+    return deleted
 
 
 def packed_usable(path: Path, key: str, modules: set[str]) -> bool:
@@ -99,9 +138,13 @@ def read_packed(path: Path, key: str, modules: set[str], device: torch.device, t
     try:
         with open(path, "rb") as f:
             header = _checked_header(f, key, modules)
-            return header is not None and _read_modules(f, header, device, take)
+            ok = header is not None and _read_modules(f, header, device, take)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return False
+    if ok:
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: kept from pruning (see the module's docstring)
+    return ok
 
 
 def _header(f, size: int, key: str) -> dict | None:

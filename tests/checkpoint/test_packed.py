@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -104,6 +105,48 @@ def test_an_unwritable_cache_folder_only_costs_the_cache(folder, tmp_path, monke
     monkeypatch.setenv("SC2_CACHE_DIR", str(blocker))
     assert "packed-weight cache" not in load(folder, "int4").kernels
     assert "packed-weight cache" not in load(folder, "int4").kernels
+
+
+def _age(path, days):
+    when = os.stat(path).st_mtime - days * 86400
+    os.utime(path, (when, when))
+
+
+def test_a_write_deletes_packed_files_unused_for_a_month_and_a_read_marks_its_file_used(folder, tmp_path):
+    load(folder, "int4")
+    [used] = cache_files()
+    _age(used, packed.UNUSED_DAYS + 1)
+    assert "packed-weight cache" in load(folder, "int4").kernels  # read: now used again
+    assert os.stat(used).st_mtime > time.time() - 60
+    stale, recent = (cache_folder() / "packed" / f"{c * 40}.safetensors" for c in "ab")  # other keys
+    crashed, unrelated = (
+        cache_folder() / "packed" / f".{'c' * 40}.safetensors.12.tmp",
+        cache_folder() / "packed" / "notes.txt",
+    )
+    linked = cache_folder() / "packed" / f"{'d' * 40}.safetensors"
+    outside = tmp_path / "elsewhere.safetensors"
+    for path in (stale, recent, crashed, unrelated, outside):
+        path.write_bytes(b"old")
+    linked.symlink_to(outside)
+    for path in (stale, unrelated, outside):
+        _age(path, packed.UNUSED_DAYS + 1)
+    _age(recent, packed.UNUSED_DAYS - 1)  # another environment's, used within the month
+    _age(crashed, 2)
+    load(folder, "int8")  # a write
+    left = {p.name for p in (cache_folder() / "packed").iterdir()}
+    assert stale.name not in left and crashed.name not in left
+    assert {recent.name, unrelated.name, linked.name, used.name} <= left and outside.exists()
+
+
+def test_pruning_spares_other_users_files(folder, monkeypatch):
+    stale = cache_folder() / "packed" / f"{'a' * 40}.safetensors"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"old")
+    _age(stale, packed.UNUSED_DAYS + 1)
+    monkeypatch.setattr(packed, "owned_by_user", lambda info: False)
+    assert packed.prune(stale.parent, keep=stale.parent / "other") == [] and stale.exists()
+    monkeypatch.undo()
+    assert packed.prune(stale.parent, keep=stale.parent / "other") == [stale] and not stale.exists()
 
 
 def test_the_writer_leaves_no_temporary_file(folder):
