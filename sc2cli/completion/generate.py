@@ -198,6 +198,8 @@ def generate(
     """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`, or as
     soon as `cancelled()` turns true (checked between prefill chunks and between forward passes). The first
     token starts with the bytes `forced` (a healed prompt's last token; `token_bytes` maps ids to bytes).
+    Given `token_bytes`, only ids it holds are ever chosen: a checkpoint's vocab_size may exceed its
+    tokenizer's (embeddings padded to a round number), and an id past the tokenizer has no text.
 
     With `speculation`, each forward pass also verifies a draft copied from earlier in the text
     (speculate.py) and yields every draft token the model keeps; the tokens are the same as without it
@@ -218,7 +220,9 @@ def generate(
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
+    known = len(token_bytes) or None  # logits past the tokenizer's ids are left out: [..., :known]
     logits = prefill(model, prompt[reused:], cache, cancelled=cancelled)
+    logits = None if logits is None else logits[:known]
     drafter = Drafter(prompt, speculation, model.row_costs) if speculation is not None else None
     token = None  # the next token when a rejected draft's verification already picked it
     produced = 0
@@ -245,10 +249,10 @@ def generate(
             drafter.push([token])
             drafts = drafter.draft(max_new_tokens - produced)
         if not drafts:
-            logits, token = decode(model, [token], cache)[0], None
+            logits, token = decode(model, [token], cache)[0, :known], None
             continue
         start = len(cache.tokens)
-        rows = decode(model, [token, *drafts], cache)  # (1 + len(drafts), V)
+        rows = decode(model, [token, *drafts], cache)[:, :known]  # (1 + len(drafts), V)
         if not sampling.greedy and not bool(torch.isfinite(rows).all()):  # before the acceptance rule trips
             raise NonFiniteLogits(produced + 1)
         kept, token = verify(rows, drafts, sampling, generator)

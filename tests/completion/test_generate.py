@@ -115,6 +115,29 @@ def test_generation_stops_at_the_context_end(models):
         list(generate(ours, [9] * 256, max_new_tokens=1))
 
 
+@pytest.mark.parametrize("speculate", [False, True], ids=["plain", "speculative"])
+def test_ids_past_the_tokenizer_are_never_chosen(models, speculate):
+    """A checkpoint whose vocab_size exceeds its tokenizer's: generation keeps to the ids the tokenizer has
+    (the others have no text), and is otherwise the same."""
+    from sc2cli.completion.speculate import Speculation
+
+    _, ours = models
+    prompt = torch.randint(7, 96, (20,), generator=torch.Generator().manual_seed(2)).tolist() * 2  # drafts
+    free = [s.token for s in generate(ours, prompt, max_new_tokens=30, stop_ids=STOPS)]
+    cut = sorted(set(free))[len(set(free)) // 2]  # the tokenizer ends in the middle of what is chosen
+    token_bytes = [b"x"] * cut
+    spec = Speculation() if speculate else None
+    steps = list(generate(ours, prompt, max_new_tokens=30, stop_ids=STOPS, token_bytes=token_bytes,
+                          speculation=spec))  # fmt: skip
+    assert steps and all(s.token < cut for s in steps)
+    first_past = next(i for i, t in enumerate(free) if t >= cut)
+    assert [s.token for s in steps[:first_past]] == free[:first_past]
+    with torch.no_grad():
+        logits = ours(torch.tensor([prompt + free[:first_past]]))[0, -1]
+    instead = int(logits[:cut].argmax())  # what the model picks among the ids the tokenizer has
+    assert [s.token for s in steps[first_past : first_past + 1]] == ([] if instead in STOPS else [instead])
+
+
 # ------------------------------------------------------------------------------------------------ healing
 
 
