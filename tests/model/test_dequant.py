@@ -181,6 +181,20 @@ def test_the_int8_path_errs_only_by_its_rows_rounding_to_int8(shape, rows, chunk
 
 
 @needs_int8
+def test_the_int8_path_keeps_a_non_finite_row_non_finite():
+    """A NaN or Inf in a row (damaged weights, an overflow) must reach the logits, where generation
+    reports it, rather than be rounded into a finite int8 row."""
+    _, packed, scales_and_zeros, row_scales = packed_weight((256, 128), torch.bfloat16, with_row_scales=True)
+    layer = Int4Linear(packed, scales_and_zeros, None, 128, row_scales)
+    layer.use_prompt_path("int8")
+    x = torch.randn(INT4_PROMPT_ROWS, 128).bfloat16()
+    x[3, 5], x[7, 0] = float("nan"), float("inf")
+    out = layer(x)
+    finite = out.isfinite().all(1)
+    assert not finite[3] and not finite[7] and finite[[0, 1, 2, 4, 5, 6, 8]].all()
+
+
+@needs_int8
 def test_the_int8_path_needs_whole_multiples_and_otherwise_takes_tinygemm():
     _, packed, scales_and_zeros, row_scales = packed_weight((256, 128), torch.bfloat16, with_row_scales=True)
     assert Int4Linear(packed, scales_and_zeros, None, 128).use_prompt_path("int8") == "tinygemm"  # old cache
