@@ -40,6 +40,9 @@ import torch
 from . import onednn
 
 CHUNK_ELEMENTS = 3 << 19  # weights unpacked at once: 3 MB of bf16, 6 MB of fp32 temporaries
+# A group's int4 scale is its row's scale times a whole number up to this (quant.py): (code - 8) * 16 spans
+# -128..112, so the weight fits in int8.
+MULTIPLIER_MAX = 16
 # int8's chunks hold 1 byte per weight and `torch._int_mm` runs slower on narrow ones: 512 rows of K=12288
 INT8_CHUNK_ELEMENTS = 6 << 20
 
@@ -122,7 +125,10 @@ def _put_back(
     start, end, (_, run, _) = span
     rows = len(out)
     target, source = out[:, start:end].view(rows, -1, 2, run), product.view(rows, 2, -1, run).transpose(1, 2)
-    target.add_(source) if add else target.copy_(source)
+    if add:
+        target.add_(source)
+    else:
+        target.copy_(source)
 
 
 def unpack_chunk(
@@ -192,7 +198,7 @@ def int8_product(
 ) -> torch.Tensor:
     """`x2d` (rows, K) times the packed weight in int8: (rows, N) in the scales' dtype. Each row of `x2d` is
     quantized to int8 with its own scale (max |x| / 127); each chunk of the weight is unpacked into int8 as
-    (code - 8) * multiplier (its group's scale over its row's `row_scales`: whole, up to 16, checked by
+    (code - 8) * multiplier (its group's scale over its row's `row_scales`: whole, at most 16, checked by
     `multipliers_exact`) and multiplied by `torch._int_mm` (exact int32 sums; VNNI where the CPU has it).
     The zeros' part, sum over groups of zero * (the group's sum of x), is one small fp32 product on the
     unquantized rows, so the only rounding beyond fp32's is that of the rows to int8."""
@@ -224,14 +230,16 @@ def _zeros_part(sums: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Ten
 
 
 def multipliers_exact(scales_and_zeros: torch.Tensor, row_scales: torch.Tensor | None) -> bool:
-    """Whether every group's scale is its row's scale times a whole number in 1..16, exactly (quant.py's
-    quantizer makes them so; `int8_product` relies on it)."""
+    """Whether every group's scale is its row's scale times a whole number in 1..`MULTIPLIER_MAX`, exactly
+    (quant.py's quantizer makes them so; `int8_product` relies on it)."""
     if row_scales is None:
         return False
     scales = scales_and_zeros[..., 0].float()  # (G, N)
     multipliers = (scales / row_scales).round_()
     return bool(
-        torch.equal(multipliers * row_scales, scales) and multipliers.min() >= 1 and multipliers.max() <= 16
+        torch.equal(multipliers * row_scales, scales)
+        and multipliers.min() >= 1
+        and multipliers.max() <= MULTIPLIER_MAX
     )
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import onednn
 from .dequant import (
+    MULTIPLIER_MAX,
     Layout,
     UnpackScratch,
     cpu_layout,
@@ -43,8 +44,7 @@ PACK_BLOCK = 64  # rows tinygemm's CPU layout packs together (checked at run tim
 # kernels' time is the same within noise, but g32's scales add 25% to the packed bytes decode reads
 # (g64: 12.5%). g128 does not divide the tiny model's 192 inputs.
 INT4_GROUP = 64
-# A group's scale is its row's scale times a whole number up to this: (code - 8) * 16 spans -128..112, int8.
-INT4_MULTIPLIER_MAX = 16
+INT4_MULTIPLIER_MAX = MULTIPLIER_MAX  # a group's scale: its row's times a whole number up to this
 INT4_INNER_K_TILES = 8  # tinygemm's CUDA layout: in_features must be a multiple of 16 * this
 # Rows from which an int4 product takes its prompt path. Measured (3B shapes, one thread): unpacking then
 # multiplying densely overtakes tinygemm between 64 and 128 rows (12288x3072: 42 vs 33 ms at 64 rows,
