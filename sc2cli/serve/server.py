@@ -7,7 +7,8 @@ Endpoints (serve/http.py routes them, serve/protocols/ shapes them):
 - `POST /v1/completions`: OpenAI's legacy completions with `prompt` + `suffix` (protocols/openai.py);
 - `GET /health` (as llama.cpp's), `GET /v1/models`, `GET /v1/info`.
 
-One generation runs at a time; others queue. At most `max_connections` connections are served at once
+One generation runs at a time, on the thread that called `serve` (the one that loaded the model); others
+queue. At most `max_connections` connections are served at once
 (a thread each; the next get a 503 and are closed), and a request must arrive within `request_timeout`. A request is cancelled at the next token when its client
 disconnects, or when a newer request arrives with the same `client_id` (editors fire one per keystroke).
 """
@@ -92,6 +93,7 @@ class _UnixServer(_Bounded, socketserver.UnixStreamServer):
 def serve(engine: Runner, options: ServerOptions, ready: Callable[[dict], None] | None = None) -> str:
     """Serve until SIGTERM/SIGINT or `idle_timeout` seconds without a request; returns why it stopped."""
     service = Service(engine, options)
+    service.one_thread = True  # every request runs in `service.work` below, on this thread
     handler = type("BoundHandler", (Handler,), {"service": service})
     slots = threading.BoundedSemaphore(options.max_connections)  # shared by TCP and the Unix socket
     tcp = type("TCP", (_TCPServer,), {"slots": slots, "log": staticmethod(options.log)})
@@ -106,6 +108,7 @@ def serve(engine: Runner, options: ServerOptions, ready: Callable[[dict], None] 
     def on_signal(signum: int, _frame: Any) -> None:
         reason[0] = signal.Signals(signum).name
         stop.set()
+        service.stopping.set()  # a running generation ends at its next token
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     threads = [
@@ -119,11 +122,13 @@ def serve(engine: Runner, options: ServerOptions, ready: Callable[[dict], None] 
     if ready:
         ready(details)
     try:
-        while not stop.wait(0.5):
+        while not stop.is_set():
+            service.work(timeout=0.5)  # the model runs here, on the thread that loaded it
             idle = time.monotonic() - service.last_activity
             if options.idle_timeout and service.active == 0 and idle > options.idle_timeout:
                 break
     finally:
+        service.close()
         for s in servers:
             s.shutdown()
             s.server_close()

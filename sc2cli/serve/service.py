@@ -1,9 +1,15 @@
 """The state a server's connections share: the engine, the queue in front of it, each editor's latest
-request (a newer one cancels the older), and the idle clock."""
+request (a newer one cancels the older), and the idle clock.
+
+The model runs on one thread only, the one that loaded it (`work`), while connections are served on a
+thread each. PyTorch's OpenMP pool belongs to the thread that uses it: a model driven from a thread per
+connection starts a pool per thread, and with more pool threads than cores OpenMP stops spinning between
+parallel regions (3B in int4, 2 cores: 9-12 tok/s from other threads against 15-16 from the loading one)."""
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,12 +53,30 @@ class Ticket:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass
+class _Job:
+    """A request handed to the model's thread; its events come back through `events`, then `_END` (or an
+    exception to raise). `abandoned`: the connection stopped reading, so the model stops too."""
+
+    request: CompletionRequest
+    cancelled: Callable[[], bool]
+    events: queue.Queue = field(default_factory=queue.Queue)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+
+_END = object()
+
+
 class Service:
     """The state shared by all connections: the engine, the queue, the clients, the idle clock."""
 
     def __init__(self, engine: Runner, options: ServerOptions) -> None:
         self.engine = engine
         self.options = options
+        self.stopping = threading.Event()  # set on shutdown: a running generation stops at its next token
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+        # whether one thread runs every request (`work`, as `serve` does); else each connection runs its own
+        self.one_thread = False
         self._engine_lock = threading.Lock()
         self._clients_lock = threading.Lock()
         self._latest: dict[str, Ticket] = {}
@@ -73,19 +97,64 @@ class Service:
     def run(
         self, request: CompletionRequest, ticket: Ticket, disconnected: Callable[[], bool]
     ) -> Iterator[Event]:
-        """The engine's events for `request`, once it is this request's turn."""
+        """The engine's events for `request`, once it is this request's turn: computed on the thread in
+        `work` when one runs there (the server's), else on the caller's."""
+
+        def cancelled() -> bool:
+            return ticket.cancelled.is_set() or self.stopping.is_set() or disconnected()
+
         self.active += 1
         try:
-            with self._engine_lock:
-                self.last_activity = time.monotonic()
-
-                def cancelled() -> bool:
-                    return ticket.cancelled.is_set() or disconnected()
-
-                yield from self.engine.stream(request, cancelled=cancelled)
+            if self.one_thread:
+                yield from self._through_worker(_Job(request, cancelled))
+            else:
+                with self._engine_lock:
+                    self.last_activity = time.monotonic()
+                    yield from self.engine.stream(request, cancelled=cancelled)
         finally:
             self.active -= 1
             self.last_activity = time.monotonic()
+
+    def _through_worker(self, job: _Job) -> Iterator[Event]:
+        self._jobs.put(job)
+        try:
+            while (item := job.events.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.abandoned.set()
+
+    def work(self, timeout: float) -> None:
+        """Run the next queued request on this thread, waiting at most `timeout` seconds for one. The
+        thread that calls this should be the one that loaded the model (see the module's docstring)."""
+        try:
+            job = self._jobs.get(timeout=timeout)
+        except queue.Empty:
+            return
+        if job.abandoned.is_set():  # its client left while it waited
+            job.events.put(_END)
+            return
+        self.last_activity = time.monotonic()
+        try:
+            for event in self.engine.stream(
+                job.request, cancelled=lambda: job.abandoned.is_set() or job.cancelled()
+            ):
+                job.events.put(event)
+        except Exception as error:  # raised again on the connection's thread, which answers for it
+            job.events.put(error)
+        finally:
+            job.events.put(_END)
+            self.last_activity = time.monotonic()
+
+    def close(self) -> None:
+        """Stop: a running generation ends at its next token, queued requests end without events."""
+        self.stopping.set()
+        while True:
+            try:
+                self._jobs.get_nowait().events.put(_END)
+            except queue.Empty:
+                return
 
     def context_size(self, request: CompletionRequest | None) -> int:
         """Prompt + completion tokens a request may use: its budget (or the engine's), within the model."""
