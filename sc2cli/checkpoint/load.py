@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.attention import plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
+from ..model.kernels import ROLES
 from ..model.linear import (
     PROBE_MIN_BYTES,
     QUANTIZATIONS,
@@ -32,6 +33,7 @@ from ..model.linear import (
     linear_shapes,
     plan_kernels,
     prepare,
+    quantize_linears,
     use_prompt_paths,
 )
 from ..model.model import Starcoder2
@@ -54,6 +56,7 @@ IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 # Kernel choices that leave the packed weights as they are (the path of int4 prompts): not part of the
 # packed-weight cache's key, so changing one never quantizes again; `use_prompt_paths` applies it on load.
 RUN_TIME_ROLES = ("int4-prompt",)
+STORED_ROLES = tuple(role for role in ROLES if role not in RUN_TIME_ROLES)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
@@ -225,11 +228,19 @@ def load_checkpoint(
         quantize == "none"
     ):  # kernels measured with the weights in place, for the reason choose_run_paths gives
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
-    plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
     if quantize == "none":
-        model.kernels = prepare(model, quantize, plan)
-    else:  # the packed-weight cache is keyed by the plan: measured before loading
-        model.kernels = load_quantized(model, files, quantize, plan, device, dtype, progress)
+        model.kernels = prepare(model, quantize, plan_kernels(shapes, quantize, device, dtype, kernels,
+                                                              weight_bytes=weight_bytes))  # fmt: skip
+    else:  # the packed-weight cache is keyed by the roles it stores: those are measured before loading
+        stored = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes,
+                              roles=STORED_ROLES)  # fmt: skip
+        weights, cached = load_quantized(model, files, quantize, stored, device, dtype, progress)
+        # the rest with the quantized weights in place, where the probe's buffers add to less memory
+        run_time = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes,
+                                roles=RUN_TIME_ROLES)  # fmt: skip
+        model.kernels = (
+            weights + use_prompt_paths(model, run_time) + (" (packed-weight cache)" if cached else "")
+        )
     model.kernels += choose_run_paths(model, backend, kernels)
     model.checkpoint_dir = folder
     return model.eval()
@@ -255,9 +266,10 @@ def load_quantized(
     device: torch.device,
     dtype: torch.dtype,
     progress: Progress | None = None,
-) -> str:
+) -> tuple[str, bool]:
     """Load and quantize `model`'s weights, its matrices from the packed-weight cache when it holds them
-    (then only embeddings and norms are read from the checkpoint), else quantized here and cached."""
+    (then only embeddings and norms are read from the checkpoint), else quantized here and cached. Returns
+    what the weights are ("int4 weights") and whether they came from the cache."""
     linears = [name for name, m in model.named_modules() if type(m) is nn.Linear]
     stored = {
         shape: {r: p for r, p in paths.items() if r not in RUN_TIME_ROLES} for shape, paths in plan.items()
@@ -271,14 +283,14 @@ def load_quantized(
         load_weights(model, files, device=device, dtype=dtype, progress=progress, skip=skip)  # ties the head
         kinds = _read_cached(model, path, key, set(linears), device, dtype)
         if kinds is not None:
-            return f"{' + '.join(sorted(kinds))} weights{use_prompt_paths(model, plan)} (packed-weight cache)"
+            return f"{' + '.join(sorted(kinds))} weights", True
         for name, module in originals.items():  # a damaged tensor: back to the layers to load
             _set_module(model, name, module)
     load_weights(model, files, device=device, dtype=dtype, progress=progress)
-    kernels = prepare(model, quantize, plan)
+    weights = quantize_linears(model, quantize, plan)
     modules = {name: model.get_submodule(name) for name in linears}
     write_packed(path, key, modules)
-    return kernels
+    return weights, False
 
 
 def _read_cached(

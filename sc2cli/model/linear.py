@@ -24,7 +24,7 @@ next, so memory never holds the model twice.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -142,10 +142,11 @@ def plan_kernels(
     kernels: str | None = None,
     remember: bool = True,
     weight_bytes: int | None = None,
+    roles: Collection[str] | None = None,
 ) -> Plan:
-    """The path of every role each shape needs, forced by `kernels` (else `$SC2_KERNELS`), remembered, or
-    measured on stand-in weights of that shape (kernels.py); models of fewer than `PROBE_MIN_BYTES` of
-    `weight_bytes` take unmeasured defaults. Only CPUs have choices."""
+    """The path of every role each shape needs (of `roles` only, when given), forced by `kernels` (else
+    `$SC2_KERNELS`), remembered, or measured on stand-in weights of that shape (kernels.py); models of
+    fewer than `PROBE_MIN_BYTES` of `weight_bytes` take unmeasured defaults. Only CPUs have choices."""
     if quantize not in QUANTIZATIONS:
         raise InputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
     forced = parse_forced(kernels)
@@ -157,7 +158,7 @@ def plan_kernels(
     for shape in shapes:
         plan[shape] = {}
         stand_in = _stand_in(shape, dtype)
-        for role in _roles(quantize, shape, dtype):
+        for role in (r for r in _roles(quantize, shape, dtype) if roles is None or r in roles):
             available = _available(role, dtype, plan[shape].get("prefill"))
             make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
@@ -286,8 +287,7 @@ def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) 
         plan = plan_kernels(shapes, quantize, device, dtype, weight_bytes=weight_bytes)
     name = str(dtype).removeprefix("torch.")
     if quantize != "none":
-        kinds = _swap(model, lambda linear: quantized_linear(linear, quantize, plan))
-        return f"{' + '.join(sorted(kinds))} weights{use_prompt_paths(model, plan)}"
+        return f"{quantize_linears(model, quantize, plan)}{use_prompt_paths(model, plan)}"
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         scratch = Scratch()
         paths = _swap(model, lambda linear: _upcast(linear, scratch, plan))
@@ -300,6 +300,12 @@ def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) 
         )
         return f"{name} weights ({', '.join(sorted(paths))})"
     return name
+
+
+def quantize_linears(model: nn.Module, quantize: str, plan: Plan) -> str:
+    """Swap the model's nn.Linear layers for quantized ones; returns what they are ("int4 weights")."""
+    kinds = _swap(model, lambda linear: quantized_linear(linear, quantize, plan))
+    return f"{' + '.join(sorted(kinds))} weights"
 
 
 def quantized_linear(linear: nn.Linear, quantize: str, plan: Plan) -> QuantizedLinear:

@@ -312,3 +312,22 @@ def test_a_model_takes_the_planned_prompt_path_quantized_and_from_the_cache(tmp_
         with torch.inference_mode():
             d = in_int8(ids).float()
         assert (d - c).abs().max() <= 0.03 * c.abs().max()
+
+
+def test_int4_prompt_paths_are_measured_after_the_weights_are_quantized(tmp_path, monkeypatch):
+    """The packed-weight cache's key needs only the stored roles before loading; int4's prompt path is
+    measured after, on top of the packed weights rather than beside the bf16 ones (peak memory)."""
+    import sc2cli.checkpoint.load as load
+
+    order = []
+    plan, quantized = load.plan_kernels, load.load_quantized
+    monkeypatch.setattr(
+        load, "plan_kernels", lambda *a, **k: order.append(tuple(k["roles"])) or plan(*a, **k)
+    )
+    monkeypatch.setattr(load, "load_quantized", lambda *a: order.append("loaded") or quantized(*a))
+    folder = write_tiny_model(tmp_path / "m", seed=2)
+    model = load_checkpoint(
+        folder, quantize="int4", dtype="bf16", device="cpu", kernels="int4-prompt=tinygemm"
+    )
+    assert order == [load.STORED_ROLES, "loaded", load.RUN_TIME_ROLES]
+    assert "int4 prompts tinygemm" in model.kernels
