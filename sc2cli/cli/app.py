@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from typing import Annotated, NoReturn
 
 import typer
@@ -83,6 +84,9 @@ def _protect_stdin_locations(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn every failure into one line on stderr."""
+    # sc2 never uses numpy, but torch (2.13's wheels) warns on import when it is missing: two lines of
+    # noise on every command of an install without it
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     command = typer.main.get_command(app)
     argv = _protect_stdin_locations(sys.argv[1:] if argv is None else argv)
     try:

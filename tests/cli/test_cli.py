@@ -147,6 +147,26 @@ def test_a_completion_does_not_import_torch_dynamo(model, repo):
     assert out.stderr.strip().splitlines()[-1] == "False"
 
 
+def test_a_completion_without_numpy_prints_no_numpy_warning(model, repo):
+    """sc2 never uses numpy; torch warns on import when it is missing (an install without the test extras),
+    and the command line keeps that off the user's terminal."""
+    no_numpy = (
+        "import sys\nsys.modules['numpy'] = None  # `import numpy` fails, as where it is not installed\n"
+    )
+    control = subprocess.run(
+        [sys.executable, "-c", no_numpy + "import torch"], capture_output=True, text=True
+    )
+    if "Failed to initialize NumPy" not in control.stderr:
+        pytest.skip("this torch does not warn without numpy")
+    script = no_numpy + (
+        "from sc2cli.cli import main\ntry:\n"
+        f"    main(['complete', {str(repo / 'src/app.py:2')!r}, '-m', {str(model)!r}, '--max-tokens', '2'])\n"
+        "except SystemExit as e:\n    sys.exit(e.code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and "NumPy" not in out.stderr, out.stderr
+
+
 def test_stdin_buffer_with_path_builds_the_same_prompt(capsys, monkeypatch, model, repo):
     monkeypatch.chdir(repo)
     _, from_file, _ = sc2(capsys, monkeypatch, "complete", "src/app.py:5:8", "-m", model, "--show-prompt")
