@@ -228,9 +228,8 @@ def load_checkpoint(
         quantize == "none"
     ):  # kernels measured with the weights in place, for the reason choose_run_paths gives
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
-    if quantize == "none":
-        model.kernels = prepare(model, quantize, plan_kernels(shapes, quantize, device, dtype, kernels,
-                                                              weight_bytes=weight_bytes))  # fmt: skip
+        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
+        model.kernels = prepare(model, quantize, plan)
     else:  # the packed-weight cache is keyed by the roles it stores: those are measured before loading
         stored = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes,
                               roles=STORED_ROLES)  # fmt: skip
@@ -268,13 +267,11 @@ def load_quantized(
     progress: Progress | None = None,
 ) -> tuple[str, bool]:
     """Load and quantize `model`'s weights, its matrices from the packed-weight cache when it holds them
-    (then only embeddings and norms are read from the checkpoint), else quantized here and cached. Returns
-    what the weights are ("int4 weights") and whether they came from the cache."""
+    (then only embeddings and norms are read from the checkpoint), else quantized here and cached. `plan`
+    holds the stored roles only (it is part of the cache's key). Returns what the weights are ("int4
+    weights") and whether they came from the cache."""
     linears = [name for name, m in model.named_modules() if type(m) is nn.Linear]
-    stored = {
-        shape: {r: p for r, p in paths.items() if r not in RUN_TIME_ROLES} for shape, paths in plan.items()
-    }
-    description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(stored.items()),
+    description = {"scheme": quantize, "device": device.type, "dtype": str(dtype), "plan": sorted(plan.items()),
                    "int4": [INT4_GROUP, INT4_MULTIPLIER_MAX, int4_layout(device)] if quantize == "int4" else None}  # fmt: skip
     path, key = packed_path(files, description)
     if packed_usable(path, key, set(linears)):

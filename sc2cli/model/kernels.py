@@ -15,8 +15,9 @@ decision with its candidate paths:
   on an AMD Zen 5, where MKL takes a generic path: 1.4-1.6x at one row, 2.3-2.9x at 128).
 - `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
 - `int4-prompt`: int4 weights times a prompt's many rows (quant.py's `INT4_PROMPT_ROWS` or more, or
-  `INT4_INT8_PROMPT_ROWS` for `int8`; fewer rows always take tinygemm): `tinygemm` (PyTorch's kernel, which unpacks the weights again for each four
-  rows), `dequant` (unpacked chunk by chunk into the model's dtype, then one dense product; dequant.py) or
+  `INT4_INT8_PROMPT_ROWS` for `int8`; fewer rows always take tinygemm): `tinygemm` (PyTorch's kernel,
+  which unpacks the weights again for each four rows), `dequant` (unpacked chunk by chunk into the model's
+  dtype, then one dense product; dequant.py) or
   `dequant-fp32` (unpacked into fp32 and multiplied in fp32, for CPUs without bf16 arithmetic), the same
   through oneDNN's inner product (`dequant-fp32-onednn`; 2.3x `torch.mm` on an AMD CPU without native bf16),
   or `int8` (the rows rounded to int8, the weights unpacked into int8, `torch._int_mm`: ~1.8x bf16's

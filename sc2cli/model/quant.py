@@ -104,10 +104,14 @@ def quantize_int4(
             ratio.floor().clamp_(1, INT4_MULTIPLIER_MAX),
             ratio.ceil().clamp_(1, INT4_MULTIPLIER_MAX),
         )
-        candidates = [_fit(w, low, high, row_scale * m) for m in multipliers]
-        (q, scale, zero, error), (q2, scale2, zero2, error2) = candidates
-        better = error2 < error  # (n, G, 1)
-        q, scale, zero = q.where(~better, q2), scale.where(~better, scale2), zero.where(~better, zero2)
+        scale, scale2 = (row_scale * m for m in multipliers)
+        (q, zero, error), (q2, zero2, error2) = _fit(w, low, high, scale), _fit(w, low, high, scale2)
+        better = error2 < error  # (n, G, 1): the larger multiplier wins
+        q, scale, zero = (
+            torch.where(better, q2, q),
+            torch.where(better, scale2, scale),
+            torch.where(better, zero2, zero),
+        )
         scales_and_zeros[:, start : start + rows, 0] = scale[..., 0].t()
         scales_and_zeros[:, start : start + rows, 1] = zero[..., 0].t()
         row_scales[start : start + rows] = row_scale.view(-1)
@@ -118,11 +122,11 @@ def quantize_int4(
 def _fit(
     w: torch.Tensor, low: torch.Tensor, high: torch.Tensor, scale: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """Codes for `w` (n, G, group) at `scale` (n, G, 1), centred on each group's range: (codes, scale, zero,
+    """Codes for `w` (n, G, group) at `scale` (n, G, 1), centred on each group's range: (codes, zero,
     squared error per group)."""
     zero = (low + high) / 2 + scale / 2  # codes 0..15 span zero - 8 * scale .. zero + 7 * scale
     q = ((w - zero) / scale).round_().add_(8).clamp_(0, 15)
-    return q, scale, zero, ((q - 8) * scale + zero - w).square_().sum(-1, keepdim=True)
+    return q, zero, ((q - 8) * scale + zero - w).square_().sum(-1, keepdim=True)
 
 
 def _round_up_to_4_bits(x: torch.Tensor) -> torch.Tensor:
