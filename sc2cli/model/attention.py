@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .config import ModelConfig
-from .kernels import Choices, choose, parse_forced
+from .kernels import Choices, choose, measure_again, parse_forced
 
 BACKENDS = ("auto", "sdpa", "flash", "eager")
 
@@ -174,7 +174,7 @@ def plan_single_query(
         return "fused"
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     shape = (n_heads * hd, n_kv * hd)  # the widths of q and of k, as the choice is remembered
-    choices = Choices()
+    choices = Choices(fresh=measure_again(kernels))
     made = functools.partial(_single_query_candidates, n_heads, n_kv, hd, dtype)
     default = None if measure else "fused"
     path = choose(

@@ -30,7 +30,9 @@ decision with its candidate paths:
 interleaved) and remembers the winner per machine (CPU model and flags, threads) and torch version in
 `kernels.json` in the user cache folder, so the probe runs once per machine. `SC2_KERNELS` (or the
 `kernels` argument of `prepare`) forces paths: `auto`, a path name (`linear`), or `role=path` pairs
-(`decode=onednn,int8=weight-only`); roles it leaves out are measured.
+(`decode=onednn,int8=weight-only`); roles it leaves out are measured. `measure` measures every choice
+the load needs again and remembers the new winners (a probe run while the machine was busy can have
+picked a slower path, and would otherwise stand for good).
 """
 
 from __future__ import annotations
@@ -71,12 +73,22 @@ PROBE_VERSION = 3  # raised when candidates or probe sizes change: earlier choic
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024
 Kernel = Callable[[torch.Tensor], torch.Tensor]
+MEASURE = "measure"  # SC2_KERNELS=measure: every choice measured again, remembered choices set aside
+
+
+def measure_again(spec: str | None) -> bool:
+    """Whether `spec` (else `$SC2_KERNELS`) asks for every choice to be measured again."""
+    return _spec(spec) == MEASURE
+
+
+def _spec(spec: str | None) -> str:
+    return (spec if spec is not None else os.environ.get("SC2_KERNELS", "auto")).strip().lower()
 
 
 def parse_forced(spec: str | None) -> dict[str, str]:
-    """`auto`/None -> {}; `linear` -> every role that has it; `role=path,...` -> those roles."""
-    spec = (spec if spec is not None else os.environ.get("SC2_KERNELS", "auto")).strip().lower()
-    if spec in ("", "auto"):
+    """`auto`/`measure`/None -> {}; `linear` -> every role that has it; `role=path,...` -> those roles."""
+    spec = _spec(spec)
+    if spec in ("", "auto", MEASURE):
         return {}
     forced: dict[str, str] = {}
     for item in spec.split(","):
@@ -84,7 +96,9 @@ def parse_forced(spec: str | None) -> dict[str, str]:
         roles = [role] if role else [r for r, paths in ROLES.items() if path in paths]
         if not roles or any(r not in ROLES or path not in ROLES[r] for r in roles):
             known = "; ".join(f"{r}={'|'.join(p)}" for r, p in ROLES.items())
-            raise InputError(f"unknown kernel choice {item.strip()!r}; use auto or role=path ({known})")
+            raise InputError(
+                f"unknown kernel choice {item.strip()!r}; use auto, measure or role=path ({known})"
+            )
         forced.update(dict.fromkeys(roles, path))
     return forced
 
@@ -116,14 +130,18 @@ def machine_key() -> str:
 class Choices:
     """The remembered winners, `role (N, K)` -> path, for this machine; read once, saved when added to."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, fresh: bool = False) -> None:
+        """`fresh`: nothing remembered is handed out (each choice is measured again and replaces it)."""
         self.path = path or cache_folder() / "kernels.json"
         self.key = machine_key()
         self.all = _read_json(self.path)
         self.mine: dict[str, str] = self.all.get(self.key, {})
         self.added = False
+        self.fresh = fresh
 
     def get(self, role: str, shape: tuple[int, int]) -> str | None:
+        if self.fresh:
+            return None
         path = self.mine.get(f"{role} {shape[0]}x{shape[1]}")
         return path if path in ROLES[role] else None
 

@@ -34,7 +34,7 @@ from ..errors import InputError
 from . import onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_works
 from .device import cpu_has_native_bf16
-from .kernels import PROBE_MAX_OUT, Choices, choose, parse_forced
+from .kernels import PROBE_MAX_OUT, Choices, choose, measure_again, parse_forced
 from .quant import (
     INT4_GROUP,
     DynamicInt8Linear,
@@ -152,7 +152,7 @@ def plan_kernels(
     forced = parse_forced(kernels)
     if device.type != "cpu":
         return {shape: {} for shape in shapes}
-    choices = Choices() if remember else None
+    choices = Choices(fresh=measure_again(kernels)) if remember else None
     plan: Plan = {}
     small = weight_bytes is not None and weight_bytes < PROBE_MIN_BYTES
     for shape in shapes:

@@ -350,3 +350,38 @@ def test_fp32_weights_are_measured_between_blas_and_onednn(monkeypatch):
     plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.float32, "auto", remember=False)
     assert plan == {(96, 64): {"fp32": "linear"}}
     assert measured == ([["linear", "onednn"]] if onednn.fp32_works() else [])
+
+
+def test_measure_sets_remembered_choices_aside_and_replaces_them(monkeypatch, tmp_path):
+    """A probe run while the machine was busy can remember a slower path; SC2_KERNELS=measure measures
+    every choice the load needs again, remembers the new winner and keeps the other remembered ones."""
+    import sc2cli.model.kernels as kernels
+    from sc2cli.model.kernels import Choices
+
+    monkeypatch.setenv("SC2_CACHE_DIR", str(tmp_path))
+    old = Choices()
+    old.put("prefill", (96, 64), "linear")
+    old.put("decode", (96, 64), "linear")
+    old.put("decode", (512, 64), "linear")  # a shape this load does not need
+    old.save()
+    timed: list[list[str]] = []
+
+    def fake_fastest(candidates, x):
+        timed.append(sorted(candidates))
+        return sorted(candidates)[-1]  # another winner than the remembered one
+
+    monkeypatch.setattr(kernels, "fastest", fake_fastest)
+    monkeypatch.delenv("SC2_KERNELS", raising=False)
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert plan_kernels([(96, 64)], "none", cpu, bf16)[(96, 64)]["decode"] == "linear"
+    assert timed == []  # remembered: nothing measured
+
+    monkeypatch.setenv("SC2_KERNELS", "measure")
+    plan = plan_kernels([(96, 64)], "none", cpu, bf16)
+    assert timed and plan[(96, 64)]["prefill"] != "linear"  # measured again, a new winner
+    again = Choices()
+    assert again.get("prefill", (96, 64)) == plan[(96, 64)]["prefill"]
+    assert again.get("decode", (512, 64)) == "linear"  # the other shapes' choices stay
+    monkeypatch.setenv("SC2_KERNELS", "auto")
+    timed.clear()
+    assert plan_kernels([(96, 64)], "none", cpu, bf16) == plan and timed == []
