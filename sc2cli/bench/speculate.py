@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..completion.engine import Engine
 from ..completion.generate import generate
@@ -65,11 +65,17 @@ def workloads(document: str, max_tokens: int, seed: int) -> dict[str, list[Compl
 
 
 def _decode(
-    model: Starcoder2, ids: tuple[int, ...], n: int, speculation: Speculation | None
+    model: Starcoder2,
+    ids: tuple[int, ...],
+    n: int,
+    speculation: Speculation | None,
+    token_bytes: Sequence[bytes],
 ) -> tuple[float, int]:
     """Seconds from the first new token to the last, and the tokens after the first (no stop tokens: random
-    weights run to `n`, whose ids the benchmark's tokenizer may not even have)."""
-    times = [time.perf_counter() for _ in generate(model, ids, max_new_tokens=n, speculation=speculation)]
+    weights run to `n`). As in the CLI, only the tokenizer's ids are picked (a checkpoint's vocabulary can
+    be larger)."""
+    steps = generate(model, ids, max_new_tokens=n, speculation=speculation, token_bytes=token_bytes)
+    times = [time.perf_counter() for _ in steps]
     return times[-1] - times[0], len(times) - 1
 
 
@@ -84,7 +90,7 @@ def measure(engine: Engine, requests: list[CompletionRequest], runs: int) -> dic
         for speculate in (True, False):
             for ids, n in prompts:
                 speculation = Speculation() if speculate else None
-                elapsed, decoded = _decode(engine.model, ids, n, speculation)
+                elapsed, decoded = _decode(engine.model, ids, n, speculation, engine.tokenizer.token_bytes)
                 if i and speculation is not None:
                     counts.drafted += speculation.drafted
                     counts.accepted += speculation.accepted
