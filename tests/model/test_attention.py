@@ -7,6 +7,7 @@ import torch
 
 from sc2cli.errors import InputError
 from sc2cli.model.attention import (
+    FEW_ROWS,
     attention_function,
     eager_attention,
     first_visible_key,
@@ -76,16 +77,45 @@ def test_grouped_equals_sdpa(groups, q_start, length, window):
     torch.testing.assert_close(grouped.float(), fused, atol=2e-2, rtol=1e-2)
 
 
-def test_single_query_path_takes_only_one_token_calls(monkeypatch):
+def test_a_token_and_its_drafts_go_one_row_at_a_time_and_prompts_through_the_backend(monkeypatch):
     calls = []
-    monkeypatch.setattr("sc2cli.model.attention._FUNCTIONS", {"sdpa": lambda *a: calls.append("fused")})
-    monkeypatch.setattr("sc2cli.model.attention.grouped_attention", lambda *a: calls.append("grouped"))
-    attend = attention_function("sdpa", "grouped")
-    vis = visibility(4, 1, 0, None, torch.device("cpu"))
-    attend(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), vis)
-    attend(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), vis)
-    assert calls == ["grouped", "fused"]
-    assert attention_function("sdpa", "fused") is not None
+    fused, grouped = (lambda q, *a, name=name: calls.append((name, q.shape[2])) or q for name in ("f", "g"))
+    monkeypatch.setattr("sc2cli.model.attention._FUNCTIONS", {"sdpa": fused})
+    monkeypatch.setattr("sc2cli.model.attention.grouped_attention", grouped)
+    for single_query in ("grouped", "fused"):
+        attend = attention_function("sdpa", single_query)
+        for rows in (1, 3, FEW_ROWS + 1):
+            vis = visibility(40 - rows, rows, 0, None, torch.device("cpu"))
+            attend(torch.zeros(1, 2, rows, 4), torch.zeros(1, 2, 40, 4), torch.zeros(1, 2, 40, 4), vis)
+    grouped_calls = [("g", 1)] * 4 + [("f", FEW_ROWS + 1)]  # 1 row, then 3 one by one, then a prompt
+    assert calls == grouped_calls + [("f", 1)] * 4 + [("f", FEW_ROWS + 1)]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+@pytest.mark.parametrize("single_query", ["fused", "grouped"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    ("q_start", "length", "window"), [(30, 6, None), (30, 6, 8), (0, 5, None), (3, 9, 4)]
+)
+def test_each_of_a_few_rows_is_bit_for_bit_that_token_alone(backend, single_query, dtype, q_start, length,
+                                                            window):  # fmt: skip
+    """A token verified with its drafts gets exactly what it gets alone, so drafts change no greedy token."""
+    if backend == "eager" and single_query == "grouped":
+        pytest.skip("only the sdpa backend has a single-query choice")
+    q, k, v, vis = attention_inputs(3, q_start, length, window, seed=2)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    attend = attention_function(backend, single_query)
+    together = attend(q, k, v, vis)
+    for i in range(length):
+        position = q_start + i
+        first = first_visible_key(position, window)
+        keys = slice(first - vis.k_start, position + 1 - vis.k_start)
+        alone = attend(q[:, :, i : i + 1], k[:, :, keys], v[:, :, keys],
+                       visibility(position, 1, first, window, q.device))  # fmt: skip
+        assert torch.equal(together[:, :, i : i + 1], alone)
+    reference = eager_attention(q.float(), k.float(), v.float(), vis)
+    torch.testing.assert_close(together.float(), reference, atol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                               rtol=0)  # fmt: skip
 
 
 def test_single_query_plan_is_forced_measured_or_not_offered(monkeypatch):
