@@ -22,6 +22,10 @@ decision with its candidate paths:
   through oneDNN's inner product (`dequant-fp32-onednn`; 2.3x `torch.mm` on an AMD CPU without native bf16),
   or `int8` (the rows rounded to int8, the weights unpacked into int8, `torch._int_mm`: ~1.8x bf16's
   multiply rate with VNNI; the only path that rounds anything the others keep).
+- `int4-decode`: int4 weights times fewer rows than a prompt's (a token and its drafts): `tinygemm`, or
+  `vnni` (native.py: sc2's own kernel, compiled here on first use, where the CPU has AVX-512 VNNI and VBMI;
+  the rows rounded to int8, multiplied by int8 dot products on the packed codes; 1.5-1.9x tinygemm on the
+  3B shapes, one row, 2 threads, AMD Zen 5).
 - `attention`: one token's attention under the sdpa backend, `fused` (PyTorch's kernel) or `grouped`
   (fp32 matrix products, each K/V head read once per query group; attention.py). Keyed by the widths of
   q and k rather than a weight's shape.
@@ -55,6 +59,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only"),
     "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8"),
+    "int4-decode": ("tinygemm", "vnni"),
     "attention": ("fused", "grouped"),
 }
 PROBE_ROWS = {
@@ -63,6 +68,7 @@ PROBE_ROWS = {
     "fp32": 128,
     "int8": 1,
     "int4-prompt": 256,
+    "int4-decode": 1,
     "attention": 1,
 }  # int8's layout serves both: decode dominates; prompts: a quarter (bf16) or half (int4) of a prefill chunk
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x

@@ -14,7 +14,8 @@ for the fastest faithful form on this device and dtype, the paths measured here 
 - `quantize="int8"`: fbgemm's dynamic int8 product or the weight-only int8 product (quant.py).
 - `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py);
   on a CPU, prompts through tinygemm or through a dense product on weights unpacked chunk by chunk
-  (dequant.py), whichever the plan measured faster for the shape (`use_prompt_paths`).
+  (dequant.py), whichever the plan measured faster for the shape; a token and its drafts through tinygemm
+  or sc2's own int8-dot-product kernel (native.py), likewise (`use_prompt_paths`).
 
 Embeddings and layer norms are never quantized; a tied lm_head gets its own quantized copy so the
 embedding lookup keeps full precision. Each weight is quantized and its bf16 original freed before the
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from . import onednn
+from . import native, onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_works
 from .device import cpu_has_native_bf16
 from .kernels import PROBE_MAX_OUT, Choices, choose, measure_again, parse_forced
@@ -159,7 +160,8 @@ def plan_kernels(
         plan[shape] = {}
         stand_in = _stand_in(shape, dtype)
         for role in (r for r in _roles(quantize, shape, dtype) if roles is None or r in roles):
-            available = _available(role, dtype, plan[shape].get("prefill"))
+            built = not small or role in forced  # a small model compiles nothing it would not measure
+            available = _available(role, dtype, plan[shape].get("prefill"), built)
             make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
             plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default)
@@ -169,18 +171,19 @@ def plan_kernels(
 
 
 def _roles(quantize: str, shape: tuple[int, int], dtype: torch.dtype) -> list[str]:
-    """The decisions a weight of `shape` needs: int4 prompts only where tinygemm packs the shape (others
-    take int8 weights, whose one layout needs no choice under int4)."""
+    """The decisions a weight of `shape` needs: int4 prompts and decode only where tinygemm packs the shape
+    (others take int8 weights, whose one layout needs no choice under int4)."""
     if quantize == "int4":
-        return ["int4-prompt"] if int4_fits(shape, torch.device("cpu")) else []
+        return ["int4-prompt", "int4-decode"] if int4_fits(shape, torch.device("cpu")) else []
     if quantize == "int8":
         return ["int8"]
     return ["prefill", "decode"] if dtype != torch.float32 else ["fp32"]
 
 
-def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> list[str]:
+def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built: bool = True) -> list[str]:
     """The paths of `role` this CPU and build can run for weights of `dtype` (decode: given the prefill path
-    chosen for the shape, since the packed layout serves both)."""
+    chosen for the shape, since the packed layout serves both; int4 decode: sc2's own kernel only when
+    `built`, as it may need compiling first)."""
     if role == "decode":
         dense = dtype == torch.bfloat16 and onednn.inner_product() is not None
         packed = dense and prefill == "linear" and onednn.packed_works()
@@ -189,6 +192,8 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None) -> lis
         return ["linear", "upcast"] + (["upcast-onednn"] if onednn.fp32_works() else [])
     if role == "fp32":
         return ["linear"] + (["onednn"] if onednn.fp32_works() else [])
+    if role == "int4-decode":
+        return ["tinygemm"] + (["vnni"] if built and native.int4_vnni_works(dtype) else [])
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
         unpacked += ["int8"] if int8_mm_works() else []
@@ -205,7 +210,7 @@ def _default(role: str, available: list[str]) -> str:
     """The unmeasured path for small models: what is right on most CPUs, the first available otherwise (int4
     prompts: tinygemm, as a small matrix unpacks in less time than the dozen calls unpacking takes)."""
     preferred = {"decode": "onednn", "prefill": "linear" if cpu_has_native_bf16() else "upcast",
-                 "int4-prompt": "tinygemm", "fp32": "linear"}  # fmt: skip
+                 "int4-prompt": "tinygemm", "int4-decode": "tinygemm", "fp32": "linear"}  # fmt: skip
     return preferred.get(role) if preferred.get(role) in available else available[0]
 
 
@@ -254,8 +259,10 @@ def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> di
     return {path: made[path]() for path in available}
 
 
-def _int4_prompt_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
-    """An int4 layer per prompt path over stand-in packed bytes and scales (the values do not change the
+def _int4_candidates(
+    layer: Callable[[], nn.Linear], available: list[str], role: str = "int4-prompt"
+) -> dict[str, Callable]:
+    """An int4 layer per path of `role` over stand-in packed bytes and scales (the values do not change the
     time), sharing one scratch as a model's layers do."""
     n, k = layer().weight.shape
     dtype = layer().weight.dtype
@@ -265,7 +272,10 @@ def _int4_prompt_candidates(layer: Callable[[], nn.Linear], available: list[str]
     scratch, made = UnpackScratch(), {}
     for path in available:
         made[path] = Int4Linear(packed, scales_and_zeros, None, k, row_scales)
-        made[path].use_prompt_path(path, scratch)
+        if role == "int4-decode":
+            made[path].use_decode_path(path)
+        else:
+            made[path].use_prompt_path(path, scratch)
     return made
 
 
@@ -274,7 +284,8 @@ CANDIDATES = {
     "prefill": _prefill_candidates,
     "fp32": _decode_candidates,  # the same two products on fp32 weights (never packed: bf16 only)
     "int8": _int8_candidates,
-    "int4-prompt": _int4_prompt_candidates,
+    "int4-prompt": _int4_candidates,
+    "int4-decode": functools.partial(_int4_candidates, role="int4-decode"),
 }
 
 
@@ -323,15 +334,18 @@ def quantized_linear(linear: nn.Linear, quantize: str, plan: Plan) -> QuantizedL
 
 
 def use_prompt_paths(model: nn.Module, plan: Plan) -> str:
-    """Give each int4 layer the prompt path the plan names for its shape (tinygemm where it names none),
-    all sharing one scratch; returns a note for the kernels' description ("" without int4 layers on a
-    CPU). Called on quantized and on cached layers alike, so both take the same paths."""
-    scratch, paths = UnpackScratch(), set()
+    """Give each int4 layer the prompt and decode paths the plan names for its shape (tinygemm where it
+    names none), all sharing one scratch; returns a note for the kernels' description ("" without int4
+    layers on a CPU). Called on quantized and on cached layers alike, so both take the same paths."""
+    scratch, prompts, decode = UnpackScratch(), set(), set()
     for module in model.modules():
         if isinstance(module, Int4Linear) and module.packed.device.type == "cpu":
-            path = plan.get((module.out_features, module.in_features), {}).get("int4-prompt", "tinygemm")
-            paths.add(module.use_prompt_path(path, scratch))
-    return f", int4 prompts {' + '.join(sorted(paths))}" if paths else ""
+            paths = plan.get((module.out_features, module.in_features), {})
+            prompts.add(module.use_prompt_path(paths.get("int4-prompt", "tinygemm"), scratch))
+            decode.add(module.use_decode_path(paths.get("int4-decode", "tinygemm")))
+    if not prompts:
+        return ""
+    return f", int4 prompts {' + '.join(sorted(prompts))}, decode {' + '.join(sorted(decode))}"
 
 
 def _upcast(linear: nn.Linear, scratch: Scratch, plan: Plan) -> UpcastLinear:

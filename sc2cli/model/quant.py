@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import onednn
+from . import native, onednn
 from .dequant import (
     MULTIPLIER_MAX,
     Layout,
@@ -54,6 +54,7 @@ INT4_PROMPT_ROWS = 128
 # 64 rows 15.5 vs 11.8; 3072x12288 at 64 rows 19.9 vs 13.5; 3072x3072 at 64 rows 5.0 vs 3.9).
 INT4_INT8_PROMPT_ROWS = 48
 INT4_PROMPT_PATHS = ROLES["int4-prompt"]
+INT4_DECODE_PATHS = ROLES["int4-decode"]
 
 
 def block_rows(in_features: int) -> int:
@@ -278,7 +279,9 @@ class Int4Linear(QuantizedLinear):
     (`INT4_PROMPT_PATHS`): `tinygemm` like single tokens, `dequant` (unpacked into the model's dtype) or
     `dequant-fp32` (into fp32, multiplied in fp32, by `torch.mm` or oneDNN), or `int8` (the rows quantized
     to int8, the weights unpacked into int8: needs `row_scales`, which quantize_int4 makes), all through
-    `scratch`, which the model's int4 layers share (`use_prompt_path`)."""
+    `scratch`, which the model's int4 layers share (`use_prompt_path`). `decode` is the path of fewer rows
+    on a CPU (`INT4_DECODE_PATHS`): `tinygemm`, or `vnni` (native.py: sc2's own kernel, the rows rounded to
+    int8 as the `int8` prompt path rounds them; `use_decode_path`)."""
 
     kind = "int4"
 
@@ -290,7 +293,7 @@ class Int4Linear(QuantizedLinear):
         self.in_features = in_features
         self.out_features = scales_and_zeros.shape[1]
         self.group = in_features // scales_and_zeros.shape[0]
-        self.prompt, self.scratch = "tinygemm", UnpackScratch()
+        self.prompt, self.decode, self.scratch = "tinygemm", "tinygemm", UnpackScratch()
         self.layout: Layout | None = None  # tinygemm's CPU layout, once a prompt path unpacks it
 
     def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
@@ -304,6 +307,18 @@ class Int4Linear(QuantizedLinear):
         self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
         self.scratch = scratch or self.scratch
         return path
+
+    def use_decode_path(self, path: str) -> str:
+        """Take `path` for products of fewer rows than a prompt's where it runs here (tinygemm otherwise);
+        returns the path taken."""
+        runs = (
+            path == "vnni"
+            and self.packed.device.type == "cpu"
+            and native.int4_vnni_fits(self.out_features, self.in_features, self.group)
+            and native.int4_vnni_works(self.scales_and_zeros.dtype)
+        )
+        self.decode = path if runs else "tinygemm"
+        return self.decode
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
@@ -330,11 +345,15 @@ class Int4Linear(QuantizedLinear):
         sz = self.scales_and_zeros
         if self.packed.device.type == "cuda":
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
-        if self.layout is not None and len(x2d) >= INT4_INT8_PROMPT_ROWS and self.prompt == "int8":
+        prompt = len(x2d) >= (INT4_INT8_PROMPT_ROWS if self.prompt == "int8" else INT4_PROMPT_ROWS)
+        if prompt and self.layout is not None and self.prompt == "int8":
             return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch)
-        if self.layout is not None and len(x2d) >= INT4_PROMPT_ROWS:
+        if prompt and self.layout is not None:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
             return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)
+        if not prompt and self.decode == "vnni":
+            scratch = self.scratch.take("vnni", (native.scratch_bytes(*x2d.shape, self.group),), torch.uint8)
+            return native.int4_vnni_mm(x2d.to(sz.dtype), self.packed, sz, self.group, scratch)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -170,11 +170,17 @@ def test_the_int8_path_errs_only_by_its_rows_rounding_to_int8(shape, rows, chunk
     layer = Int4Linear(packed, scales_and_zeros, torch.randn(shape[0]).bfloat16(), shape[1], row_scales)
     assert layer.use_prompt_path("int8") == "int8"
     x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(3)).bfloat16()
-    weights = weights_tinygemm_multiplies(packed, scales_and_zeros)  # (K, N)
-    zeros = scales_and_zeros[..., 1].double().repeat_interleave(64, 0)  # (K, N)
+    assert_within_int8_rounding(layer, x, 2**-8)
+
+
+def assert_within_int8_rounding(layer: Int4Linear, x: torch.Tensor, output_rounding: float) -> None:
+    """`layer(x)` errs from the exact product with tinygemm's weights by no more than rounding each row to
+    int8 (half its step), then the output's rounding (relative)."""
+    weights = weights_tinygemm_multiplies(layer.packed, layer.scales_and_zeros)  # (K, N)
+    zeros = layer.scales_and_zeros[..., 1].double().repeat_interleave(64, 0)  # (K, N)
     exact = x.double() @ weights + layer.bias.double()
     half_step = x.double().abs().amax(1, keepdim=True) / 254  # (rows, 1)
-    bound = half_step * (weights - zeros).abs().sum(0) + 2**-8 * exact.abs() + 1e-6
+    bound = half_step * (weights - zeros).abs().sum(0) + output_rounding * exact.abs() + 1e-6
     got = layer(x).double()
     assert (got - exact).abs().le(bound).all()
     assert (got - exact).abs().max() > 0  # the rows did round: the bound is what is tested
@@ -243,10 +249,11 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
     import sc2cli.model.kernels as kernels
 
     shapes = [(256, 128), (48, 64), (300, 64)]  # the last one tinygemm cannot pack: int8 weights, no choice
-    forced = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "int4-prompt=tinygemm")
+    both = "int4-prompt=tinygemm,int4-decode=tinygemm"
+    forced = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, both)
     assert forced == {
-        (256, 128): {"int4-prompt": "tinygemm"},
-        (48, 64): {"int4-prompt": "tinygemm"},
+        (256, 128): {"int4-prompt": "tinygemm", "int4-decode": "tinygemm"},
+        (48, 64): {"int4-prompt": "tinygemm", "int4-decode": "tinygemm"},
         (300, 64): {},
     }
     if cpu_layout(torch.bfloat16) is None:
@@ -255,12 +262,13 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
     monkeypatch.setattr(
         kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "dequant"
     )
-    first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto")
-    assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant"}
+    decode = "int4-decode=tinygemm"  # measured in test_native.py
+    first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, decode)
+    assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant", "int4-decode": "tinygemm"}
     unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
     unpacked += ["int8"] if int8_mm_works() else []
     assert measured == [[*unpacked, "tinygemm"]] * 2
-    assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, "auto") == first  # remembered
+    assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, decode) == first  # remembered
     assert len(measured) == 2
     assert "int4-prompt 256x128" in (cache_folder() / "kernels.json").read_text()
 
@@ -277,7 +285,7 @@ def test_small_models_take_tinygemm_unmeasured(monkeypatch):
 
     monkeypatch.setattr(kernels, "fastest", lambda candidates, x: pytest.fail("measured a tiny model"))
     plan = plan_kernels([(256, 128)], "int4", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=65536)
-    assert plan == {(256, 128): {"int4-prompt": "tinygemm"}}
+    assert plan == {(256, 128): {"int4-prompt": "tinygemm", "int4-decode": "tinygemm"}}
 
 
 @needs_layout

@@ -1,0 +1,183 @@
+/* int4 weights in tinygemm's CPU layout times a few rows of activations, in VNNI's int8 dot products.
+
+   Read by sc2cli/model/native.py, which compiles it once per machine with the system C compiler (the
+   flags below need AVX-512 with VNNI and VBMI) and calls it through ctypes; it is run only where its
+   products agree with PyTorch's own kernel on this machine.
+
+   The weight: blocks of 64 output rows, each stored as (K, 32) bytes; byte q of input k holds row q's code
+   in its low nibble and row q + 32's in its high nibble (dequant.py's Layout(64, 32)). Group g of row n has
+   a bf16 scale and zero, (G, N, 2): weight = (code - 8) * scale + zero.
+
+   The activations: each row is rounded to int8 with its own scale sx = max |x| / 127, so
+       y[n] = sum_g scale[g,n] * sx * (sum_k code * xq - 8 * sum_k xq) + zero[g,n] * sum_k x
+   where the inner sums run over group g's inputs; code * xq is summed exactly in int32 by vpdpbusd (four
+   bytes of one row's codes against four bytes of x), which takes 16 rows at a time: vpermt2b gathers each
+   row's codes for inputs k..k+3 from the layout's (k, row) bytes into one 32-bit lane.
+
+   Each row's result depends on that row alone (same operations in the same order whatever the row count),
+   so a row computes the same whether it comes alone or with drafts to verify. */
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 64
+#ifndef ROWS_AT_ONCE
+#define ROWS_AT_ONCE 3
+#endif
+#define MAX_GROUPS 1024
+
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as PyTorch does */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* quiet NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline __m512 load16(const void *x, int x_is_bf16, int k) { /* x[k..k+15] as fp32 */
+    if (x_is_bf16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + k));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float *)x + k);
+}
+
+/* A row of x rounded to int8 (xq, K bytes), its scale, and per group: sum of xq, sum of x (fp32). K and
+   group are multiples of 16. */
+static void quantize_row(const void *x, int x_is_bf16, int K, int group, int8_t *xq, float *sx,
+                         int32_t *sum_q, float *sum_x) {
+    __m512 amax = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(load16(x, x_is_bf16, k)));
+    float top = _mm512_reduce_max_ps(amax);
+    float scale = top > 0.0f ? top / 127.0f : 1.0f;
+    __m512 inverse = _mm512_set1_ps(1.0f / scale);
+    *sx = scale;
+    for (int g = 0; g < K / group; g++) {
+        __m512i q_total = _mm512_setzero_si512();
+        __m512 x_total = _mm512_setzero_ps();
+        for (int k = g * group; k < (g + 1) * group; k += 16) {
+            __m512 v = load16(x, x_is_bf16, k);
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)); /* to nearest, ties to even */
+            q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm_storeu_si128((__m128i *)(xq + k), _mm512_cvtepi32_epi8(q));
+            q_total = _mm512_add_epi32(q_total, q);
+            x_total = _mm512_add_ps(x_total, v);
+        }
+        sum_q[g] = _mm512_reduce_add_epi32(q_total);
+        sum_x[g] = _mm512_reduce_add_ps(x_total);
+    }
+}
+
+/* Rows [0, M) (M <= ROWS_AT_ONCE) times one block of the weight (64 output rows from n0): acc (M, 64)
+   fp32. Each load of the block's bytes serves both nibbles (rows 0..31 and 32..63). Inlined with M a
+   constant (`block_rows`), so every accumulator lives in a register. */
+static inline __attribute__((always_inline)) void block_product(const uint8_t *block, const uint16_t *sz, int N, int n0, int K, int group, int M,
+                          const int8_t *const *xq, const float *sx, const int32_t *const *sum_q,
+                          const float *const *sum_x, float *acc) {
+    /* lane j of rows 0..15: bytes j, 32 + j of (k, k+1) and j, 32 + j of (k+2, k+3); rows 16..31: +16 */
+    const __m512i first = _mm512_set_epi8(
+        111, 79, 47, 15, 110, 78, 46, 14, 109, 77, 45, 13, 108, 76, 44, 12, 107, 75, 43, 11, 106, 74, 42,
+        10, 105, 73, 41, 9, 104, 72, 40, 8, 103, 71, 39, 7, 102, 70, 38, 6, 101, 69, 37, 5, 100, 68, 36, 4,
+        99, 67, 35, 3, 98, 66, 34, 2, 97, 65, 33, 1, 96, 64, 32, 0);
+    const __m512i second = _mm512_add_epi8(first, _mm512_set1_epi8(16));
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    /* acc is updated once per group (in memory: the registers hold the int32 sums) */
+    for (int j = 0; j < M * 64; j += 16) _mm512_storeu_ps(acc + j, _mm512_setzero_ps());
+    for (int g = 0; g < K / group; g++) {
+        __m512i i_acc[ROWS_AT_ONCE][4];
+        for (int m = 0; m < M; m++)
+            for (int q = 0; q < 4; q++) i_acc[m][q] = _mm512_setzero_si512();
+        for (int k = g * group; k < (g + 1) * group; k += 4) {
+            __m512i a = _mm512_loadu_si512(block + (size_t)k * 32);       /* inputs k, k+1 */
+            __m512i b = _mm512_loadu_si512(block + (size_t)(k + 2) * 32); /* inputs k+2, k+3 */
+            __m512i a_low = _mm512_and_si512(a, nibble), b_low = _mm512_and_si512(b, nibble);
+            __m512i a_high = _mm512_and_si512(_mm512_srli_epi16(a, 4), nibble);
+            __m512i b_high = _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble);
+            __m512i w[4] = {/* 16 rows each x codes of k..k+3: rows 0..15, 16..31, 32..47, 48..63 */
+                            _mm512_permutex2var_epi8(a_low, first, b_low),
+                            _mm512_permutex2var_epi8(a_low, second, b_low),
+                            _mm512_permutex2var_epi8(a_high, first, b_high),
+                            _mm512_permutex2var_epi8(a_high, second, b_high)};
+            for (int m = 0; m < M; m++) {
+                int32_t four;
+                memcpy(&four, xq[m] + k, 4);
+                __m512i xb = _mm512_set1_epi32(four);
+                for (int q = 0; q < 4; q++) i_acc[m][q] = _mm512_dpbusd_epi32(i_acc[m][q], w[q], xb);
+            }
+        }
+        for (int q = 0; q < 4; q++) {
+            /* 16 rows' (scale, zero) bf16 pairs: one 32-bit lane each, scale in the low half */
+            __m512i pairs = _mm512_loadu_si512(sz + ((size_t)g * N + n0 + q * 16) * 2);
+            __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+            __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xffff0000u)));
+            for (int m = 0; m < M; m++) {
+                __m512i centred = _mm512_sub_epi32(i_acc[m][q], _mm512_set1_epi32(8 * sum_q[m][g]));
+                float *out = acc + m * 64 + q * 16;
+                __m512 t = _mm512_fmadd_ps(zero, _mm512_set1_ps(sum_x[m][g]), _mm512_loadu_ps(out));
+                _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(centred),
+                                                      _mm512_mul_ps(scale, _mm512_set1_ps(sx[m])), t));
+            }
+        }
+    }
+}
+
+static void block_rows(const uint8_t *block, const uint16_t *sz, int N, int n0, int K, int group, int M,
+                       const int8_t *const *xq, const float *sx, const int32_t *const *sum_q,
+                       const float *const *sum_x, float *acc) {
+    switch (M) { /* M <= ROWS_AT_ONCE */
+    case 1: block_product(block, sz, N, n0, K, group, 1, xq, sx, sum_q, sum_x, acc); break;
+#if ROWS_AT_ONCE >= 3
+    case 3: block_product(block, sz, N, n0, K, group, 3, xq, sx, sum_q, sum_x, acc); break;
+#endif
+#if ROWS_AT_ONCE >= 4
+    case 4: block_product(block, sz, N, n0, K, group, 4, xq, sx, sum_q, sum_x, acc); break;
+#endif
+    default: block_product(block, sz, N, n0, K, group, 2, xq, sx, sum_q, sum_x, acc); break;
+    }
+}
+
+/* out (M, N) = x (M, K) times the weight, N a multiple of 64, K of `group` (itself a multiple of 16).
+   `scratch` holds M * (K + 4 + 8 * K / group) bytes. x and out are bf16 (`bf16` set) or fp32. Returns 0,
+   or -1 for sizes it does not take. */
+int int4_vnni_mm(const void *x, int M, int K, int N, const uint8_t *packed, const uint16_t *sz, int group,
+                 void *out, int bf16, int threads, void *scratch) {
+    if (N % BLOCK || group % 16 || K % group || K / group > MAX_GROUPS || M < 1) return -1;
+    int groups = K / group;
+    int8_t *xq_all = (int8_t *)scratch;
+    float *sx = (float *)(xq_all + (size_t)M * K);
+    int32_t *sum_q_all = (int32_t *)(sx + M);
+    float *sum_x_all = (float *)(sum_q_all + (size_t)M * groups);
+    size_t x_row = (size_t)K * (bf16 ? 2 : 4);
+    for (int m = 0; m < M; m++)
+        quantize_row((const char *)x + m * x_row, bf16, K, group, xq_all + (size_t)m * K, sx + m,
+                     sum_q_all + (size_t)m * groups, sum_x_all + (size_t)m * groups);
+    int blocks = N / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int block = 0; block < blocks; block++) {
+        int n0 = block * BLOCK;
+        float acc[ROWS_AT_ONCE * BLOCK];
+        for (int m0 = 0; m0 < M; m0 += ROWS_AT_ONCE) {
+            int rows = M - m0 < ROWS_AT_ONCE ? M - m0 : ROWS_AT_ONCE;
+            const int8_t *xq[ROWS_AT_ONCE];
+            const int32_t *sum_q[ROWS_AT_ONCE];
+            const float *sum_x[ROWS_AT_ONCE];
+            for (int m = 0; m < rows; m++) {
+                xq[m] = xq_all + (size_t)(m0 + m) * K;
+                sum_q[m] = sum_q_all + (size_t)(m0 + m) * groups;
+                sum_x[m] = sum_x_all + (size_t)(m0 + m) * groups;
+            }
+            block_rows(packed + (size_t)n0 * K / 2, sz, N, n0, K, group, rows, xq, sx + m0, sum_q, sum_x, acc);
+            for (int m = 0; m < rows; m++) {
+                size_t row = (size_t)(m0 + m) * N + n0;
+                for (int j = 0; j < BLOCK; j++) {
+                    if (bf16)
+                        ((uint16_t *)out)[row + j] = float_to_bf16(acc[m * BLOCK + j]);
+                    else
+                        ((float *)out)[row + j] = acc[m * BLOCK + j];
+                }
+            }
+        }
+    }
+    return 0;
+}
