@@ -127,8 +127,9 @@ SINGLE_QUERY = ("fused", "grouped")  # how a one-token call runs under the sdpa 
 # token alone would (`attention_function`), so drafts never change a greedy token. Measured on the trained
 # tiny model in bf16, 18 FIM prompts, 40 tokens each: greedy with drafts differed from greedy without on
 # 5 of them (int4, int8-rounded rows), 1 (int4 tinygemm) and 1 (bf16) when a few rows went through the
-# fused kernel at once; on none this way.
-FEW_ROWS = 16
+# fused kernel at once; on none this way. At least rows.py's MAX_VERIFY_ROWS (tested); a prompt's many rows
+# go through the backend at once.
+FEW_ROWS = 8
 PROBE_KEYS = 1024  # keys the single-query paths are timed over
 
 

@@ -27,6 +27,13 @@
 #endif
 #define MAX_GROUPS 1024
 
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
 static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as PyTorch does */
     uint32_t bits;
     memcpy(&bits, &f, 4);
@@ -138,10 +145,10 @@ static void block_rows(const uint8_t *block, const uint16_t *sz, int N, int n0, 
 }
 
 /* out (M, N) = x (M, K) times the weight, N a multiple of 64, K of `group` (itself a multiple of 16).
-   `scratch` holds M * (K + 4 + 8 * K / group) bytes. x and out are bf16 (`bf16` set) or fp32. Returns 0,
-   or -1 for sizes it does not take. */
+   `scratch` holds M * (K + 4 + 8 * K / group) bytes. x, out and `bias` (N, or NULL; added before the
+   output is rounded) are bf16 (`bf16` set) or fp32. Returns 0, or -1 for sizes it does not take. */
 int int4_vnni_mm(const void *x, int M, int K, int N, const uint8_t *packed, const uint16_t *sz, int group,
-                 void *out, int bf16, int threads, void *scratch) {
+                 const void *bias, void *out, int bf16, int threads, void *scratch) {
     if (N % BLOCK || group % 16 || K % group || K / group > MAX_GROUPS || M < 1) return -1;
     int groups = K / group;
     int8_t *xq_all = (int8_t *)scratch;
@@ -171,10 +178,12 @@ int int4_vnni_mm(const void *x, int M, int K, int N, const uint8_t *packed, cons
             for (int m = 0; m < rows; m++) {
                 size_t row = (size_t)(m0 + m) * N + n0;
                 for (int j = 0; j < BLOCK; j++) {
+                    float y = acc[m * BLOCK + j];
+                    if (bias) y += bf16 ? bf16_to_float(((const uint16_t *)bias)[n0 + j]) : ((const float *)bias)[n0 + j];
                     if (bf16)
-                        ((uint16_t *)out)[row + j] = float_to_bf16(acc[m * BLOCK + j]);
+                        ((uint16_t *)out)[row + j] = float_to_bf16(y);
                     else
-                        ((float *)out)[row + j] = acc[m * BLOCK + j];
+                        ((float *)out)[row + j] = y;
                 }
             }
         }

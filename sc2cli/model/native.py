@@ -54,19 +54,28 @@ def scratch_bytes(rows: int, in_features: int, group: int) -> int:
 
 
 def int4_vnni_mm(
-    x2d: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int, scratch: torch.Tensor
+    x2d: torch.Tensor,
+    packed: torch.Tensor,
+    scales_and_zeros: torch.Tensor,
+    group: int,
+    scratch: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`x2d` (rows, K) bf16 or fp32 times the packed weight (N, K/2) with its (K/group, N, 2) bf16 scales and
-    zeros: (rows, N) in x2d's dtype. `scratch`: at least `scratch_bytes` uint8."""
+    zeros, plus `bias` (N,) in x2d's dtype (added before the result is rounded): (rows, N) in x2d's dtype.
+    `scratch`: at least `scratch_bytes` uint8."""
     library = _library()
     assert library is not None, "int4_vnni_mm called where int4_vnni_works is False"
     rows, K = x2d.shape
     N = packed.shape[0]
     x2d = x2d.contiguous()
     out = torch.empty(rows, N, dtype=x2d.dtype)
+    if bias is not None and bias.dtype != x2d.dtype:
+        bias = bias.to(x2d.dtype)
     status = library.int4_vnni_mm(
         x2d.data_ptr(), rows, K, N, packed.data_ptr(), scales_and_zeros.data_ptr(), group,
-        out.data_ptr(), int(x2d.dtype == torch.bfloat16), torch.get_num_threads(), scratch.data_ptr(),
+        None if bias is None else bias.data_ptr(), out.data_ptr(), int(x2d.dtype == torch.bfloat16),
+        torch.get_num_threads(), scratch.data_ptr(),
     )  # fmt: skip
     if status:
         raise ValueError(f"the int4 kernel takes no weight of shape {N}x{K} in groups of {group}")
@@ -119,8 +128,8 @@ def _library() -> ctypes.CDLL | None:
     function = library.int4_vnni_mm
     function.restype = ctypes.c_int
     pointer, number = ctypes.c_void_p, ctypes.c_int
-    function.argtypes = [pointer, number, number, number, pointer, pointer, number, pointer, number, number,
-                         pointer]  # fmt: skip
+    function.argtypes = [pointer, number, number, number, pointer, pointer, number, pointer, pointer, number,
+                         number, pointer]  # fmt: skip
     return library
 
 

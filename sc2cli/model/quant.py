@@ -341,24 +341,32 @@ class Int4Linear(QuantizedLinear):
         sz, bias, row_scales = state["scales_and_zeros"], state.get("bias"), state.get("row_scales")
         return cls(state["packed"], sz, bias, in_features, row_scales)
 
+    def _prompt(self, rows: int) -> bool:
+        """Whether a product of `rows` rows takes the prompt path (`self.prompt`; int8 from fewer rows)."""
+        return rows >= (INT4_INT8_PROMPT_ROWS if self.prompt == "int8" else INT4_PROMPT_ROWS)
+
     def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
         sz = self.scales_and_zeros
         if self.packed.device.type == "cuda":
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
-        prompt = len(x2d) >= (INT4_INT8_PROMPT_ROWS if self.prompt == "int8" else INT4_PROMPT_ROWS)
+        prompt = self._prompt(len(x2d))
         if prompt and self.layout is not None and self.prompt == "int8":
             return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch)
         if prompt and self.layout is not None:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
             return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)
-        if not prompt and self.decode == "vnni":
-            scratch = self.scratch.take("vnni", (native.scratch_bytes(*x2d.shape, self.group),), torch.uint8)
-            return native.int4_vnni_mm(x2d.to(sz.dtype), self.packed, sz, self.group, scratch)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2d = x.reshape(-1, shape[-1])  # (rows, K)
+        if self.decode == "vnni" and not self._prompt(len(x2d)):  # bias added inside, before rounding
+            scratch = self.scratch.take("vnni", (native.scratch_bytes(*x2d.shape, self.group),), torch.uint8)
+            out = native.int4_vnni_mm(
+                x2d.to(self.scales_and_zeros.dtype), self.packed, self.scales_and_zeros, self.group, scratch,
+                self.bias,
+            )  # fmt: skip
+            return out.to(x.dtype).view(*shape[:-1], -1)
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
         return out + self.bias if self.bias is not None else out
 

@@ -95,7 +95,7 @@ def test_a_token_and_its_drafts_go_one_row_at_a_time_and_prompts_through_the_bac
 @pytest.mark.parametrize("single_query", ["fused", "grouped"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize(
-    ("q_start", "length", "window"), [(30, 6, None), (30, 6, 8), (0, 5, None), (3, 9, 4)]
+    ("q_start", "length", "window"), [(30, 6, None), (30, 6, 8), (0, 5, None), (3, FEW_ROWS, 4)]
 )
 def test_each_of_a_few_rows_is_bit_for_bit_that_token_alone(backend, single_query, dtype, q_start, length,
                                                             window):  # fmt: skip

@@ -38,6 +38,12 @@ def test_tiny_models_are_not_measured():
     assert MAX_VERIFY_ROWS >= 2
 
 
+def test_every_verification_gets_its_rows_as_each_token_alone_would():
+    from sc2cli.model.attention import FEW_ROWS
+
+    assert FEW_ROWS >= MAX_VERIFY_ROWS  # a token and its drafts take attention's one-row-at-a-time path
+
+
 def test_a_big_enough_model_is_measured_as_loaded(monkeypatch):
     """The curve comes from the loaded model's own kernels (its nn.Linear layers already swapped)."""
     model = sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu")
