@@ -9,7 +9,8 @@ tensors a packed-weight cache stored (`state()` / `from_state`), so a model is q
   CUDA); on a CPU, a prompt's many rows may instead take its `prompt` path: the packed weight unpacked
   chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py; in bf16, in fp32 by
   `torch.mm` or oneDNN, or in int8 with the rows rounded to int8). Each group's scale is a whole multiple
-  of its row's scale, so the int8 product multiplies the very weights tinygemm does.
+  of its row's scale, so the int8 product multiplies the very weights tinygemm does. A token and its drafts
+  may instead take sc2's own kernel on the same packed bytes (native.py: int8-rounded rows, VNNI).
 
 Every quantizer works on a block of output rows at a time, so its fp32 temporaries stay small next to
 the weights: peak memory while quantizing stays near the bf16 model.
