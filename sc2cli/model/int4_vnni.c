@@ -21,26 +21,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 #define BLOCK 64
 #ifndef ROWS_AT_ONCE
 #define ROWS_AT_ONCE 3
 #endif
-#define MAX_GROUPS 1024
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as PyTorch does */
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* quiet NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
 
 static inline __m512 load16(const void *x, int x_is_bf16, int k) { /* x[k..k+15] as fp32 */
     if (x_is_bf16) {
@@ -149,7 +135,7 @@ static void block_rows(const uint8_t *block, const uint16_t *sz, int N, int n0, 
    output is rounded) are bf16 (`bf16` set) or fp32. Returns 0, or -1 for sizes it does not take. */
 int int4_vnni_mm(const void *x, int M, int K, int N, const uint8_t *packed, const uint16_t *sz, int group,
                  const void *bias, void *out, int bf16, int threads, void *scratch) {
-    if (N % BLOCK || group % 16 || K % group || K / group > MAX_GROUPS || M < 1) return -1;
+    if (N % BLOCK || group % 16 || K % group || M < 1) return -1;
     int groups = K / group;
     int8_t *xq_all = (int8_t *)scratch;
     float *sx = (float *)(xq_all + (size_t)M * K);

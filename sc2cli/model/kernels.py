@@ -7,7 +7,8 @@ decision with its candidate paths:
 
 - `decode`: bf16/fp16 weights times a few rows: `onednn` (mkldnn inner product) or `linear` (`F.linear`),
   or `packed` (oneDNN on the weight reordered into its blocked layout, for prompts too: only where the
-  prompts' path is `linear`; ~2.5x the dense layout's bandwidth on a CPU with native bf16).
+  prompts' path is `linear`; ~2.5x the dense layout's bandwidth on a CPU with native bf16), or `native`
+  (sc2's own AVX512-BF16 kernel on the dense layout, native.py; CPUs with native bf16 and a C compiler).
 - `prefill`: bf16/fp16 weights times a prompt's many rows: `linear`, or fp32 through a scratch copy of the
   weight (exactly bf16's arithmetic) by `F.linear`'s BLAS (`upcast`) or by oneDNN's inner product
   (`upcast-onednn`: 2.4x MKL's fp32 product on an AMD Zen 5, where MKL takes a generic path).
@@ -54,7 +55,7 @@ from ..errors import InputError
 from ..folders import cache_folder
 
 ROLES: dict[str, tuple[str, ...]] = {
-    "decode": ("onednn", "linear", "packed"),
+    "decode": ("onednn", "linear", "packed", "native"),
     "prefill": ("linear", "upcast", "upcast-onednn"),
     "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only"),

@@ -66,7 +66,8 @@ class Scratch:
 
 
 class UpcastLinear(nn.Module):
-    """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, bf16 only, or `linear`), many rows by
+    """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn` or `native`, bf16 only, or `linear`;
+    `native` is sc2's own kernel, native.py, where the weight's layout fits it), many rows by
     `prefill` (`upcast`: fp32 through `scratch` by F.linear, `upcast-onednn`: by oneDNN; `linear`: as they
     are). `decode="packed"` (bf16, with `prefill="linear"`): every product through oneDNN on the weight
     reordered once into its blocked layout, which replaces the dense one (a tied lm_head gets its own copy;
@@ -85,12 +86,19 @@ class UpcastLinear(nn.Module):
         self.weight = onednn.pack(linear.weight) if decode == "packed" else linear.weight
         self.bias = linear.bias
         self.scratch = scratch
+        self.native_fits = (
+            decode == "native" and native.bf16_gemv_works() and native.bf16_gemv_fits(self.weight)
+        )
+        if self.native_fits and self.bias is not None and self.bias.dtype != torch.bfloat16:
+            self.native_fits = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.decode == "packed":
             return onednn.product(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
+            if self.decode == "native" and self.native_fits:
+                return native.bf16_gemv(x, self.weight, self.bias)
             if self.inner_product is not None:
                 return onednn.product(x, self.weight, self.bias)
             return F.linear(x, self.weight, self.bias)
@@ -187,7 +195,9 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built:
     if role == "decode":
         dense = dtype == torch.bfloat16 and onednn.inner_product() is not None
         packed = dense and prefill == "linear" and onednn.packed_works()
-        return ["linear"] + (["onednn"] if dense else []) + (["packed"] if packed else [])
+        own = dtype == torch.bfloat16 and built and native.bf16_gemv_works()
+        paths = ["linear"] + (["onednn"] if dense else []) + (["packed"] if packed else [])
+        return paths + (["native"] if own else [])
     if role == "prefill":
         return ["linear", "upcast"] + (["upcast-onednn"] if onednn.fp32_works() else [])
     if role == "fp32":
@@ -237,6 +247,8 @@ def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> 
     if "packed" in available:
         packed = onednn.pack(weight)
         paths["packed"] = lambda x: onednn.product(x, packed)
+    if "native" in available and native.bf16_gemv_fits(weight):
+        paths["native"] = lambda x: native.bf16_gemv(x, weight)
     return paths
 
 

@@ -1,5 +1,6 @@
-"""sc2's own int4 kernel (int4_vnni.c): tinygemm's packed CPU weights times a few rows in VNNI's int8 dot
-products, compiled once per machine with the system C compiler and called through ctypes.
+"""sc2's own CPU kernels, compiled once per machine with the system C compiler and called through ctypes:
+int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products) and bf16_gemv.c
+(dense bf16 weights times a few rows in AVX512-BF16's dot products).
 
 Why native code: PyTorch's int4 kernel unpacks each weight into floating point and multiplies in fp32,
 so on two cores it is bound by that arithmetic (~18-20 GB/s of packed weights on an AMD Zen 5 where memory
@@ -7,8 +8,13 @@ gives 80), while the same bytes multiplied as int8 codes against int8-rounded ac
 of the instructions. Nothing is installed for it: a machine without a C compiler, without AVX-512 VNNI
 and VBMI, or whose kernel disagrees with PyTorch's own keeps tinygemm (`int4_vnni_works`).
 
-The compiled library is kept in the user cache folder under a name derived from the source, the flags and
-the compiler, and loaded only when it is the current user's and no one else can write it or its folder.
+Why a bf16 kernel: on CPUs with native bf16, PyTorch's and oneDNN's one-row bf16 products were measured
+reading 40-60% of the memory's speed (AMD Zen 5 in a slow hour: 12.6 and 18-19 GB/s where a sum read 32)
+where bf16_gemv reads 26-29; it is one more candidate the decode probe measures (`bf16_gemv_works`).
+
+Each compiled library is kept in the user cache folder under a name derived from its source, the flags
+and the compiler, and loaded only when it is the current user's and no one else can write it or its
+folder.
 """
 
 from __future__ import annotations
@@ -28,9 +34,24 @@ import torch
 from ..folders import cache_folder, owned_by_user
 from .dequant import Layout, cpu_layout
 
-SOURCE = Path(__file__).with_name("int4_vnni.c")
-FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mfma", "-fopenmp")
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "avx512vbmi")  # as /proc/cpuinfo spells them
+_pointer, _int = ctypes.c_void_p, ctypes.c_int
+# Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), its function
+# and that function's result and arguments.
+LIBRARIES = {
+    "int4_vnni": (
+        ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mfma"),
+        ("avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"),
+        ("int4_vnni_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _int, _pointer, _pointer, _int,
+                                _int, _pointer]),
+    ),
+    "bf16_gemv": (
+        ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
+        ("avx512f", "avx512bw", "avx512_bf16"),
+        ("bf16_gemv", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _int]),
+    ),
+}  # fmt: skip
+FLAGS = ("-O3", "-fopenmp")  # and each library's own
+HEADER = Path(__file__).with_name("bf16.h")  # included by each source: part of every library's key
 COMPILE_SECONDS = 120
 LAYOUT = Layout(64, 32)  # the packing the kernel reads (dequant.py)
 # The kernel's products against tinygemm's, relative (norm of the difference over the norm): rounding
@@ -64,7 +85,7 @@ def int4_vnni_mm(
     """`x2d` (rows, K) bf16 or fp32 times the packed weight (N, K/2) with its (K/group, N, 2) bf16 scales and
     zeros, plus `bias` (N,) in x2d's dtype (added before the result is rounded): (rows, N) in x2d's dtype.
     `scratch`: at least `scratch_bytes` uint8."""
-    library = _library()
+    library = _library("int4_vnni")
     assert library is not None, "int4_vnni_mm called where int4_vnni_works is False"
     rows, K = x2d.shape
     N = packed.shape[0]
@@ -86,7 +107,7 @@ def int4_vnni_mm(
 def _agrees() -> bool:
     """The kernel against tinygemm on a random weight with several row counts (the layout is checked, not
     assumed); False where it cannot be built."""
-    if _library() is None:
+    if _library("int4_vnni") is None:
         return False
     from .quant import quantize_and_pack_int4  # quant.py imports this module
 
@@ -104,48 +125,97 @@ def _agrees() -> bool:
     return True
 
 
+def bf16_gemv_works() -> bool:
+    """Whether the bf16 kernel runs here (a CPU with native bf16, a compiler) and agrees with plain maths."""
+    return _bf16_agrees()
+
+
+def bf16_gemv_fits(weight: torch.Tensor) -> bool:
+    """Whether the kernel takes `weight` (N, K): dense bf16 on the CPU, K a multiple of 32, N of 4."""
+    N, K = weight.shape
+    return weight.dtype == torch.bfloat16 and weight.is_contiguous() and K % 32 == 0 and N % 4 == 0
+
+
+def bf16_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`x` (..., K) times `weight` (N, K) transposed, plus `bias`, all bf16: (..., N), every row computed
+    as it would be alone."""
+    library = _library("bf16_gemv")
+    assert library is not None, "bf16_gemv called where bf16_gemv_works is False"
+    shape, (N, K) = x.shape, weight.shape
+    x2d = x.reshape(-1, K).contiguous()
+    out = torch.empty(len(x2d), N, dtype=torch.bfloat16)
+    status = library.bf16_gemv(
+        x2d.data_ptr(), len(x2d), K, N, weight.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    if status:
+        raise ValueError(f"the bf16 kernel takes no weight of shape {N}x{K}")
+    return out.view(*shape[:-1], N)
+
+
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use; None where this CPU lacks the instructions or it cannot be
-    built or trusted."""
+def _bf16_agrees() -> bool:
+    """The kernel against float64 maths, within bf16's rounding of the result, for 1 to 4 rows."""
+    if _library("bf16_gemv") is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(36, 96, generator=generator).bfloat16()
+    bias = torch.randn(36, generator=generator).bfloat16()
+    for rows in (1, 4):
+        x = torch.randn(rows, 96, generator=generator).bfloat16()
+        want = x.double() @ weight.double().t() + bias.double()
+        got = bf16_gemv(x, weight, bias).double()
+        if not bool(((got - want).abs() <= 2**-8 * want.abs() + 1e-3).all()):
+            return False
+    return True
+
+
+@functools.cache
+def _library(name: str) -> ctypes.CDLL | None:
+    """The compiled library `name` (`LIBRARIES`; its source is name.c beside this module), built on first
+    use; None where this CPU lacks its instructions or it cannot be built or trusted."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not _cpu_has(CPU_FLAGS) or compiler is None:
+    _, cpu_flags, (function, result, arguments) = LIBRARIES[name]
+    if not _cpu_has(cpu_flags) or compiler is None:
         return None
-    path = library_path(compiler)
-    if not path.exists() and not _build(compiler, path):
+    path = library_path(compiler, name)
+    if not path.exists() and not _build(compiler, path, name):
         return None
     if not _trusted(path):
         return None
     try:
         library = ctypes.CDLL(str(path))
     except OSError:  # damaged (cut short by a crash, say): built again once
-        if not _build(compiler, path) or not _trusted(path):
+        if not _build(compiler, path, name) or not _trusted(path):
             return None
         try:
             library = ctypes.CDLL(str(path))
         except OSError:
             return None
-    function = library.int4_vnni_mm
-    function.restype = ctypes.c_int
-    pointer, number = ctypes.c_void_p, ctypes.c_int
-    function.argtypes = [pointer, number, number, number, pointer, pointer, number, pointer, pointer, number,
-                         number, pointer]  # fmt: skip
+    getattr(library, function).restype = result
+    getattr(library, function).argtypes = arguments
     return library
 
 
-def library_path(compiler: str) -> Path:
-    """Where the library built from this source, with these flags, by this compiler is kept."""
-    what = SOURCE.read_bytes() + repr((FLAGS, compiler, _version(compiler))).encode()
-    return cache_folder() / "native" / f"int4_vnni-{hashlib.sha256(what).hexdigest()[:16]}.so"
+def library_path(compiler: str, name: str = "int4_vnni") -> Path:
+    """Where library `name` built from its source, with its flags, by this compiler is kept."""
+    how = repr((FLAGS, LIBRARIES[name][0], compiler, _version(compiler))).encode()
+    key = hashlib.sha256(_source(name).read_bytes() + HEADER.read_bytes() + how).hexdigest()[:16]
+    return cache_folder() / "native" / f"{name}-{key}.so"
 
 
-def _build(compiler: str, path: Path) -> bool:
+def _source(name: str) -> Path:
+    return Path(__file__).with_name(f"{name}.c")
+
+
+def _build(compiler: str, path: Path, name: str) -> bool:
     """Compile into a temporary file beside `path`, then move it in place (a reader never sees half)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.TemporaryDirectory(dir=path.parent) as work:
             built = Path(work) / path.name
-            command = [compiler, *FLAGS, "-shared", "-fPIC", "-o", str(built), str(SOURCE)]
+            flags = [*FLAGS, *LIBRARIES[name][0]]
+            command = [compiler, *flags, "-shared", "-fPIC", "-o", str(built), str(_source(name))]
             done = subprocess.run(command, capture_output=True, timeout=COMPILE_SECONDS, check=False)
             if done.returncode or not built.exists():
                 return False

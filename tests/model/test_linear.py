@@ -10,7 +10,7 @@ from torch import nn
 import sc2cli
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.errors import InputError
-from sc2cli.model import onednn
+from sc2cli.model import native, onednn
 from sc2cli.model.linear import (
     OneDnnLinear,
     Scratch,
@@ -233,7 +233,9 @@ def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
     )
     assert plan[(96, 64)]["prefill"] == "upcast"
     assert plan[(96, 64)]["decode"] == "linear"
-    assert measured == ([["linear", "onednn"]] if onednn.inner_product() else [])
+    candidates = ["linear"] + (["native"] if native.bf16_gemv_works() else [])
+    candidates += ["onednn"] if onednn.inner_product() else []
+    assert measured == ([candidates] if len(candidates) > 1 else [])
 
 
 def test_choices_made_under_capped_instruction_sets_are_remembered_apart(monkeypatch, tmp_path):

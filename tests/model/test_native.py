@@ -140,7 +140,7 @@ def fresh_library():
 
 def test_without_a_compiler_int4_stays_on_tinygemm(fresh_library, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert native._library() is None
+    assert native._library("int4_vnni") is None
     assert not native.int4_vnni_works(torch.bfloat16)
     plan = plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "int4-decode=vnni")
     assert plan[(128, 256)]["int4-decode"] == "tinygemm"
@@ -170,7 +170,7 @@ def test_a_damaged_library_is_built_again_not_loaded(fresh_library, monkeypatch,
     path = native.library_path(os.environ["CC"])
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a library")
-    assert native._library() is not None
+    assert native._library("int4_vnni") is not None
     assert path.read_bytes()[:4] == b"\x7fELF"
 
 
@@ -230,3 +230,71 @@ def test_decode_logits_stay_near_tinygemms(checkpoint, monkeypatch):
             logits[decode] = model(ids).float()
     difference = (logits["vnni"] - logits["tinygemm"]).abs().max()
     assert 0 < difference <= 0.05 * logits["tinygemm"].abs().max()
+
+
+# ------------------------------------------------------------------------------------------------ bf16
+
+
+needs_bf16_kernel = pytest.mark.skipif(
+    not native.bf16_gemv_works(),
+    reason="sc2's bf16 kernel does not run here (needs a C compiler and native bf16)",
+)
+
+
+@needs_bf16_kernel
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("shape", [(4, 32), (96, 64), (260, 1024)], ids=str)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_bf16_kernel_is_the_exact_product_rounded_once(shape, rows, with_bias):
+    """bf16 products are exact in fp32 and summed in fp32: within fp32 sums' rounding, then one bf16
+    rounding of the result (bias included)."""
+    g = torch.Generator().manual_seed(rows)
+    weight = torch.randn(shape, generator=g).bfloat16()
+    bias = torch.randn(shape[0], generator=g).bfloat16() if with_bias else None
+    x = torch.randn(rows, shape[1], generator=g).bfloat16()
+    want = x.double() @ weight.double().t() + (0 if bias is None else bias.double())
+    magnitude = x.double().abs() @ weight.double().abs().t()
+    got = native.bf16_gemv(x, weight, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, shape[0])
+    assert ((got.double() - want).abs() <= 2**-8 * want.abs() + 2**-20 * magnitude + 1e-30).all()
+    together = native.bf16_gemv(x.view(1, rows, -1), weight, bias)[0]  # a (B, T, K) input, as the model's
+    assert all(torch.equal(native.bf16_gemv(x[i : i + 1], weight, bias)[0], together[i]) for i in range(rows))
+
+
+@needs_bf16_kernel
+def test_the_bf16_decode_path_takes_few_rows_and_only_weights_it_fits(monkeypatch):
+    from sc2cli.model.linear import UPCAST_MIN_ROWS, Scratch, UpcastLinear
+
+    linear = torch.nn.Linear(64, 96).bfloat16()
+    layer = UpcastLinear(linear, Scratch(), decode="native", prefill="linear")
+    assert layer.native_fits
+    calls = []
+    monkeypatch.setattr(
+        native, "bf16_gemv", lambda x, w, b: calls.append(x.shape) or torch.zeros(*x.shape[:-1], 96)
+    )
+    layer(torch.randn(1, 3, 64).bfloat16())
+    layer(torch.randn(1, UPCAST_MIN_ROWS, 64).bfloat16())  # a prompt: the prefill path
+    assert calls == [(1, 3, 64)]
+    odd = UpcastLinear(torch.nn.Linear(48, 96).bfloat16(), Scratch(), decode="native", prefill="linear")
+    assert not odd.native_fits  # 48 inputs: not whole 32s; F.linear then
+    out = odd(torch.randn(1, 2, 48).bfloat16())
+    assert out.shape == (1, 2, 96) and calls == [(1, 3, 64)]
+
+
+@needs_bf16_kernel
+def test_a_bf16_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(checkpoint, monkeypatch):
+    monkeypatch.setenv("SC2_KERNELS", "decode=native,prefill=linear")
+    model = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
+    assert "decode native" in model.kernels
+    g = torch.Generator().manual_seed(1)
+    piece = torch.randint(10, 200, (5,), generator=g).tolist()
+    for prompt in (torch.randint(10, 200, (30,), generator=g).tolist(), piece * 5):
+        plain = [s.token for s in generate(model, prompt, max_new_tokens=30)]
+        fast = [s.token for s in generate(model, prompt, max_new_tokens=30, speculation=Speculation())]
+        assert fast == plain
+    monkeypatch.setenv("SC2_KERNELS", "decode=linear,prefill=linear")
+    reference = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
+    ids = torch.tensor([piece])  # fewer rows than a prompt: the decode paths
+    with torch.inference_mode():
+        a, b = model(ids).float(), reference(ids).float()
+    assert (a - b).abs().max() <= 0.05 * b.abs().max()
