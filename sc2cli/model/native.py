@@ -234,7 +234,9 @@ def _trusted(path: Path) -> bool:
     return all(owned_by_user(i) and not i.st_mode & (stat.S_IWGRP | stat.S_IWOTH) for i in infos)
 
 
+@functools.cache
 def _version(compiler: str) -> str:
+    """The compiler's first line of `--version` (part of each library's key), asked once per process."""
     try:
         done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
