@@ -53,8 +53,8 @@ CHUNK_BYTES = 32 << 20  # the staging buffer for loads onto a GPU
 MAP_WINDOW_BYTES = 64 << 20  # the file mapped at once for loads onto the CPU (64 MB measured fastest)
 # Buffers some older exports saved next to the weights; they are recomputed, never loaded.
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
-# Kernel choices that leave the packed weights as they are (the paths of int4 prompts and decode): not part of the
-# packed-weight cache's key, so changing one never quantizes again; `use_prompt_paths` applies it on load.
+# Kernel choices that leave the packed weights as they are (the paths of int4 prompts and decode): not part
+# of the packed-weight cache's key, so changing one never quantizes again; `use_prompt_paths` applies them.
 RUN_TIME_ROLES = ("int4-prompt", "int4-decode")
 STORED_ROLES = tuple(role for role in ROLES if role not in RUN_TIME_ROLES)
 

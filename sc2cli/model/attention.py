@@ -163,12 +163,13 @@ def attention_function(backend: str, single_query: str = "fused") -> AttentionFn
     attend = _FUNCTIONS[backend]
     if backend == "flash":
         return attend
-    few = functools.partial(_row_by_row, grouped_attention if single_query == "grouped" else attend)
+    one = grouped_attention if single_query == "grouped" else attend  # a lone token
+    few = functools.partial(_row_by_row, one)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
         T = q.shape[2]
-        if T == 1 and single_query == "fused":
-            return attend(q, k, v, vis)
+        if T == 1:
+            return one(q, k, v, vis)
         return (few if T <= FEW_ROWS else attend)(q, k, v, vis)
 
     return run

@@ -86,18 +86,20 @@ class UpcastLinear(nn.Module):
         self.weight = onednn.pack(linear.weight) if decode == "packed" else linear.weight
         self.bias = linear.bias
         self.scratch = scratch
-        self.native_fits = (
-            decode == "native" and native.bf16_gemv_works() and native.bf16_gemv_fits(self.weight)
+        bias_fits = self.bias is None or self.bias.dtype == torch.bfloat16
+        self.native_fits = (  # the `native` decode path: sc2's kernel takes this weight and bias
+            decode == "native"
+            and bias_fits
+            and native.bf16_gemv_works()
+            and native.bf16_gemv_fits(self.weight)
         )
-        if self.native_fits and self.bias is not None and self.bias.dtype != torch.bfloat16:
-            self.native_fits = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.decode == "packed":
             return onednn.product(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
-            if self.decode == "native" and self.native_fits:
+            if self.native_fits:
                 return native.bf16_gemv(x, self.weight, self.bias)
             if self.inner_product is not None:
                 return onednn.product(x, self.weight, self.bias)

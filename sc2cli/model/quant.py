@@ -55,7 +55,6 @@ INT4_PROMPT_ROWS = 128
 # 64 rows 15.5 vs 11.8; 3072x12288 at 64 rows 19.9 vs 13.5; 3072x3072 at 64 rows 5.0 vs 3.9).
 INT4_INT8_PROMPT_ROWS = 48
 INT4_PROMPT_PATHS = ROLES["int4-prompt"]
-INT4_DECODE_PATHS = ROLES["int4-decode"]
 
 
 def block_rows(in_features: int) -> int:
@@ -281,7 +280,7 @@ class Int4Linear(QuantizedLinear):
     `dequant-fp32` (into fp32, multiplied in fp32, by `torch.mm` or oneDNN), or `int8` (the rows quantized
     to int8, the weights unpacked into int8: needs `row_scales`, which quantize_int4 makes), all through
     `scratch`, which the model's int4 layers share (`use_prompt_path`). `decode` is the path of fewer rows
-    on a CPU (`INT4_DECODE_PATHS`): `tinygemm`, or `vnni` (native.py: sc2's own kernel, the rows rounded to
+    on a CPU: `tinygemm`, or `vnni` (native.py: sc2's own kernel, the rows rounded to
     int8 as the `int8` prompt path rounds them; `use_decode_path`)."""
 
     kind = "int4"
