@@ -65,8 +65,9 @@ def int4_vnni_works(dtype: torch.dtype) -> bool:
 
 
 def int4_vnni_fits(out_features: int, in_features: int, group: int) -> bool:
-    """Whether the kernel takes a weight of this shape: whole 64-row blocks, groups of whole 4 inputs."""
-    return out_features % LAYOUT.block == 0 and group % 4 == 0 and in_features % group == 0
+    """Whether the kernel takes a weight of this shape: whole 64-row blocks, groups of whole 16 inputs (the
+    rows are rounded to int8 16 at a time)."""
+    return out_features % LAYOUT.block == 0 and group % 16 == 0 and in_features % group == 0
 
 
 def scratch_bytes(rows: int, in_features: int, group: int) -> int:

@@ -108,6 +108,7 @@ def test_what_the_kernel_cannot_take_stays_on_tinygemm():
     assert Int4Linear(packed, scales_and_zeros, None, 64).use_decode_path("vnni") == "tinygemm"
     _, packed, scales_and_zeros = quantized((64, 64))
     assert Int4Linear(packed, scales_and_zeros.float(), None, 64).use_decode_path("vnni") == "tinygemm"
+    assert not native.int4_vnni_fits(64, 64, 8)  # groups the kernel would refuse at run time
     layer = Int4Linear(packed, scales_and_zeros, None, 64)
     assert layer.use_decode_path("no-such-path") == "tinygemm"
     assert layer.use_decode_path("vnni") == "vnni"
