@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from . import native
 from .config import ModelConfig
 from .kernels import Choices, choose, measure_again, parse_forced
 
@@ -122,7 +123,7 @@ _FUNCTIONS: dict[str, AttentionFn] = {
     "sdpa": sdpa_attention,
     "flash": flash_attention,
 }
-SINGLE_QUERY = ("fused", "grouped")  # how a one-token call runs under the sdpa backend
+SINGLE_QUERY = ("fused", "grouped", "native")  # how a one-token call runs under the sdpa backend
 # Calls of up to this many new tokens (a token and its drafts to verify) get each row bit for bit as that
 # token alone would (`attention_function`), so drafts never change a greedy token. Measured on the trained
 # tiny model in bf16, 18 FIM prompts, 40 tokens each: greedy with drafts differed from greedy without on
@@ -155,15 +156,24 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
     return requested
 
 
+def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
+    """One token through sc2's own kernel (native.py: the grouped maths in AVX512-BF16 dot products and
+    fp32, reading the bf16 cache in place); calls it does not take (several sequences, no cache) go
+    through `grouped_attention`, so a token's path never depends on the drafts beside it."""
+    if native.attention_one_fits(q, k, v):
+        return native.attention_one(q, k, v)
+    return grouped_attention(q, k, v, vis)
+
+
 def attention_function(backend: str, single_query: str = "fused") -> AttentionFn:
     """The backend's function, but calls of up to `FEW_ROWS` new tokens (decode and its drafts) take each
     row as a call of its own, over the keys that token alone would be given (a kernel's rows differ with the
     number of queries and keys, the fused one's and BLAS's alike), through `grouped_attention` with
-    `single_query="grouped"`. flash-attn is left as it is."""
+    `single_query="grouped"` and `native_attention` with `"native"`. flash-attn is left as it is."""
     attend = _FUNCTIONS[backend]
     if backend == "flash":
         return attend
-    one = grouped_attention if single_query == "grouped" else attend  # a lone token
+    one = {"grouped": grouped_attention, "native": native_attention}.get(single_query, attend)  # a lone token
     few = functools.partial(_row_by_row, one)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
@@ -202,30 +212,34 @@ def plan_single_query(
     measure: bool = True,
 ) -> str:
     """How one-token attention runs for `config`'s heads: only the CPU's sdpa
-    backend has a choice, forced by `kernels` (`attention=fused|grouped`), remembered, or timed over
-    `PROBE_KEYS` keys here (kernels.py); `measure=False` (models too small to matter) keeps `fused`, so a
-    tiny model runs one attention kernel whatever the number of new tokens (its near-flat logits would
-    otherwise pick other tokens when a warm cache splits a prompt differently)."""
+    backend has a choice, forced by `kernels` (`attention=fused|grouped|native`), remembered, or timed
+    over `PROBE_KEYS` keys here (kernels.py); `native` is offered for bf16 where sc2's kernel builds and
+    agrees (native.py). `measure=False` (models too small to matter) keeps `fused` and compiles nothing
+    unless forced, so a tiny model runs one attention kernel whatever the number of new tokens (its
+    near-flat logits would otherwise pick other tokens when a warm cache splits a prompt differently)."""
     if device.type != "cpu" or backend != "sdpa":
         return "fused"
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     shape = (n_heads * hd, n_kv * hd)  # the widths of q and of k, as the choice is remembered
+    forced = parse_forced(kernels)
+    built = measure or forced.get("attention") == "native"
+    own = built and dtype == torch.bfloat16 and hd % 32 == 0 and native.attention_one_works()
+    available = ["fused", "grouped"] + (["native"] if own else [])
     choices = Choices(fresh=measure_again(kernels))
-    made = functools.partial(_single_query_candidates, n_heads, n_kv, hd, dtype)
+    made = functools.partial(_single_query_candidates, n_heads, n_kv, hd, dtype, available)
     default = None if measure else "fused"
-    path = choose(
-        "attention", shape, list(SINGLE_QUERY), made, dtype, parse_forced(kernels), choices, default
-    )
+    path = choose("attention", shape, available, made, dtype, forced, choices, default)
     choices.save()
     return path
 
 
-def _single_query_candidates(n_heads: int, n_kv: int, hd: int, dtype: torch.dtype) -> dict[str, Callable]:
+def _single_query_candidates(
+    n_heads: int, n_kv: int, hd: int, dtype: torch.dtype, available: list[str]
+) -> dict[str, Callable]:
+    """Each available path on one token over `PROBE_KEYS` keys of a cache laid out as the model's."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, n_heads, 1, hd, generator=g).to(dtype)
     k, v = (torch.randn(1, n_kv, PROBE_KEYS, hd, generator=g).to(dtype) for _ in range(2))
     vis = Visibility(PROBE_KEYS - 1, 0, None, causal=False, mask=None)
-    return {
-        name: lambda _, f=f: f(q, k, v, vis)
-        for name, f in (("fused", sdpa_attention), ("grouped", grouped_attention))
-    }
+    functions = {"fused": sdpa_attention, "grouped": grouped_attention, "native": native_attention}
+    return {name: lambda _, f=functions[name]: f(q, k, v, vis) for name in available}

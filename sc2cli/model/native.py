@@ -1,6 +1,7 @@
 """sc2's own CPU kernels, compiled once per machine with the system C compiler and called through ctypes:
-int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products) and bf16_gemv.c
-(dense bf16 weights times a few rows in AVX512-BF16's dot products).
+int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products), bf16_gemv.c
+(dense bf16 weights times a few rows in AVX512-BF16's dot products) and attention_one.c (one token's
+attention over the bf16 KV cache).
 
 Why native code: PyTorch's int4 kernel unpacks each weight into floating point and multiplies in fp32,
 so on two cores it is bound by that arithmetic (~18-20 GB/s of packed weights on an AMD Zen 5 where memory
@@ -27,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -48,6 +50,12 @@ LIBRARIES = {
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
         ("avx512f", "avx512bw", "avx512_bf16"),
         ("bf16_gemv", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _int]),
+    ),
+    "attention_one": (
+        ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
+        ("avx512f", "avx512bw", "avx512_bf16"),
+        ("attend_one", _int, [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_long,
+                              ctypes.c_float, _pointer, _pointer, _int]),
     ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own
@@ -166,6 +174,81 @@ def _bf16_agrees() -> bool:
         x = torch.randn(rows, 96, generator=generator).bfloat16()
         want = x.double() @ weight.double().t() + bias.double()
         got = bf16_gemv(x, weight, bias).double()
+        if not bool(((got - want).abs() <= 2**-8 * want.abs() + 1e-3).all()):
+            return False
+    return True
+
+
+def attention_one_works() -> bool:
+    """Whether the one-token attention kernel runs here (native bf16, a compiler) and agrees with float64
+    maths."""
+    return _attention_agrees()
+
+
+def attention_one_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernel takes this call: one sequence, one token, bf16 on the CPU, head size a multiple
+    of 32, each head's keys dense and K, V laid out alike (slices of the KV cache are)."""
+    B, H, T, hd = q.shape
+    return (
+        B == 1
+        and T == 1
+        and hd % 32 == 0
+        and q.dtype == k.dtype == v.dtype == torch.bfloat16
+        and k.device.type == "cpu"
+        and k.shape == v.shape
+        and k.stride() == v.stride()
+        and k.stride(-1) == 1
+        and k.stride(-2) == hd
+        and H % k.shape[1] == 0
+    )
+
+
+def attention_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v for one token: q (1, H, 1, hd), k and v (1, n_kv, S, hd), each K/V head
+    serving H / n_kv query heads; (1, H, 1, hd) bf16, computed in fp32 and rounded once."""
+    library = _library("attention_one")
+    assert library is not None, "attention_one called where attention_one_works is False"
+    _, H, _, hd = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    scores = _scores(H * S)
+    status = library.attend_one(
+        q.data_ptr(), H, n_kv, hd, S, k.data_ptr(), v.data_ptr(), k.stride(1), hd**-0.5, out.data_ptr(),
+        scores.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    if status:
+        raise ValueError(f"the attention kernel takes no call of {H} heads over {n_kv}, head size {hd}")
+    return out
+
+
+_scratch = threading.local()
+
+
+def _scores(size: int) -> torch.Tensor:
+    """This thread's fp32 working memory for the kernel's scores, kept between calls: a fresh buffer of a
+    long cache's size would be mapped and zeroed by the system on every call (~50 us at 2,048 keys)."""
+    held = getattr(_scratch, "scores", None)
+    if held is None or held.numel() < size:
+        held = _scratch.scores = torch.empty(max(size, 1 << 16), dtype=torch.float32)
+    return held
+
+
+@functools.cache
+def _attention_agrees() -> bool:
+    """The kernel against float64 maths, within bf16's rounding of the result, over key counts around its
+    blocks of 16 and query groups split across threads or not."""
+    if _library("attention_one") is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    for heads, n_kv, keys in ((4, 2, 1), (12, 1, 37), (8, 4, 64)):
+        q = torch.randn(1, heads, 1, 64, generator=generator).bfloat16()
+        cache = torch.randn(2, 1, n_kv, keys + 3, 64, generator=generator).bfloat16()
+        k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+        groups = heads // n_kv
+        scores = q.double() @ k.double().repeat_interleave(groups, 1).transpose(2, 3) / 8
+        want = torch.softmax(scores, dim=-1) @ v.double().repeat_interleave(groups, 1)
+        got = attention_one(q, k, v).double()
         if not bool(((got - want).abs() <= 2**-8 * want.abs() + 1e-3).all()):
             return False
     return True

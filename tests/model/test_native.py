@@ -190,15 +190,18 @@ def test_the_plan_offers_the_kernel_where_it_runs(monkeypatch):
     assert small[(128, 256)]["int4-decode"] == "tinygemm"  # unmeasured, nothing compiled for it
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Shapes the kernel takes (64-row blocks) but the vocabulary's (208 rows: tinygemm)."""
+def write_small_checkpoint(folder):
+    """Shapes the kernels take (64-row blocks, head size 32) but the vocabulary's (208 rows: tinygemm)."""
     config = hub_config(
         vocab_size=208, hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=256, sliding_window=None,
     )  # fmt: skip
-    state = state_dict_of(reference_model(config, 13), True)
-    return write_hub_checkpoint(tmp_path_factory.mktemp("native"), config, state)
+    return write_hub_checkpoint(folder, config, state_dict_of(reference_model(config, 13), True))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_small_checkpoint(tmp_path_factory.mktemp("native"))
 
 
 def load(checkpoint, decode, monkeypatch):
@@ -287,15 +290,22 @@ def test_a_bf16_model_decodes_through_the_kernel_and_drafts_change_no_greedy_tok
     monkeypatch.setenv("SC2_KERNELS", "decode=native,prefill=linear")
     model = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
     assert "decode native" in model.kernels
-    g = torch.Generator().manual_seed(1)
-    piece = torch.randint(10, 200, (5,), generator=g).tolist()
-    for prompt in (torch.randint(10, 200, (30,), generator=g).tolist(), piece * 5):
-        plain = [s.token for s in generate(model, prompt, max_new_tokens=30)]
-        fast = [s.token for s in generate(model, prompt, max_new_tokens=30, speculation=Speculation())]
-        assert fast == plain
+    piece = assert_drafts_change_no_greedy_token(model, seed=1)
     monkeypatch.setenv("SC2_KERNELS", "decode=linear,prefill=linear")
     reference = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
     ids = torch.tensor([piece])  # fewer rows than a prompt: the decode paths
     with torch.inference_mode():
         a, b = model(ids).float(), reference(ids).float()
     assert (a - b).abs().max() <= 0.05 * b.abs().max()
+
+
+def assert_drafts_change_no_greedy_token(model, seed: int) -> list[int]:
+    """Greedy with drafts equals greedy without, on a random prompt and on a repeated piece (drafts
+    accepted); returns the piece."""
+    g = torch.Generator().manual_seed(seed)
+    piece = torch.randint(10, 200, (5,), generator=g).tolist()
+    for prompt in (torch.randint(10, 200, (30,), generator=g).tolist(), piece * 5):
+        plain = [s.token for s in generate(model, prompt, max_new_tokens=30)]
+        fast = [s.token for s in generate(model, prompt, max_new_tokens=30, speculation=Speculation())]
+        assert fast == plain
+    return piece

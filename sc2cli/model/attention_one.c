@@ -1,0 +1,189 @@
+/* One token's attention over a bf16 KV cache, every query head of a K/V head together: scores in
+   AVX512-BF16's dot products (bf16 products exact in fp32, fp32 sums), softmax in fp32, the values summed
+   in fp32 FMAs, the result rounded once to bf16. The same maths as attention.py's `grouped_attention`
+   (which converts K and V to fp32 and multiplies), without the conversion copies and with each K/V row
+   read from cache while the whole query group uses it.
+
+   Read by sc2cli/model/native.py, which compiles it once per machine and calls it through ctypes for one
+   token's attention where the CPU has native bf16. */
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "bf16.h"
+
+#define KEYS 16    /* keys whose scores are summed across lanes together */
+#define QUERIES 12 /* query heads sharing each load of V (a 3B/15B model's group) */
+
+/* The 16 lanes of each of a[0..15] summed: lane t of the result is the sum of a[t]'s lanes. Each level adds
+   two vectors' halves, so 16 sums cost 15 additions and 30 shuffles instead of 16 full reductions. */
+static inline __m512 sum_lanes16(__m512 a[KEYS]) {
+    __m512 b[8], c[4], d[2];
+    for (int t = 0; t < 8; t++) /* lanes 0-7: a[t]'s halves added, lanes 8-15: a[t+8]'s */
+        b[t] = _mm512_add_ps(_mm512_shuffle_f32x4(a[t], a[t + 8], 0x44), _mm512_shuffle_f32x4(a[t], a[t + 8], 0xEE));
+    for (int t = 0; t < 4; t++) /* quarters: a[t], a[t+8], a[t+4], a[t+12], four partial sums each */
+        c[t] = _mm512_add_ps(_mm512_shuffle_f32x4(b[t], b[t + 4], 0x88), _mm512_shuffle_f32x4(b[t], b[t + 4], 0xDD));
+    for (int t = 0; t < 2; t++) /* each quarter: two partial sums of c[2t]'s key, then two of c[2t+1]'s */
+        d[t] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * t], c[2 * t + 1], 0x44),
+                             _mm512_shuffle_ps(c[2 * t], c[2 * t + 1], 0xEE));
+    /* each quarter q of the result: the keys of c[0], c[1], c[2], c[3] at quarter q, i.e. key
+       quarter_key[q] + {0, 1, 2, 3} with quarter_key = {0, 8, 4, 12}: put them in order */
+    __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+    return _mm512_permutexvar_ps(order, e);
+}
+
+/* q (hd) times keys [0, 16) of k (rows `hd` apart): their 16 dot products. */
+static inline __attribute__((always_inline)) __m512 scores16(const uint16_t *q, const uint16_t *k, int hd) {
+    __m512 acc[KEYS];
+    for (int t = 0; t < KEYS; t++) acc[t] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d += 32) {
+        __m512bh qs = (__m512bh)_mm512_loadu_si512(q + d);
+        for (int t = 0; t < KEYS; t++)
+            acc[t] = _mm512_dpbf16_ps(acc[t], (__m512bh)_mm512_loadu_si512(k + (size_t)t * hd + d), qs);
+    }
+    return sum_lanes16(acc);
+}
+
+/* The scores of queries q[0, nq) (rows `hd` apart) over S keys, scaled, into s (rows S apart): each block of
+   16 keys is read from cache once and serves every query from L1. Inlined with hd a constant (key offsets
+   become immediates). */
+static inline __attribute__((always_inline)) void scores_of(const uint16_t *q, int nq, const uint16_t *k, int S,
+                                                            int hd, float scale, float *s) {
+    int j = 0;
+    for (; j + KEYS <= S; j += KEYS)
+        for (int i = 0; i < nq; i++)
+            _mm512_storeu_ps(s + (size_t)i * S + j, _mm512_mul_ps(scores16(q + (size_t)i * hd, k + (size_t)j * hd, hd),
+                                                                   _mm512_set1_ps(scale)));
+    for (; j < S; j++)
+        for (int i = 0; i < nq; i++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int d = 0; d < hd; d += 32)
+                acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(k + (size_t)j * hd + d),
+                                       (__m512bh)_mm512_loadu_si512(q + (size_t)i * hd + d));
+            s[(size_t)i * S + j] = _mm512_reduce_add_ps(acc) * scale;
+        }
+}
+
+static void query_scores(const uint16_t *q, int nq, const uint16_t *k, int S, int hd, float scale, float *s) {
+    switch (hd) { /* a multiple of 32 */
+    case 64: scores_of(q, nq, k, S, 64, scale, s); break;
+    case 128: scores_of(q, nq, k, S, 128, scale, s); break;
+    default: scores_of(q, nq, k, S, hd, scale, s); break;
+    }
+}
+
+/* e^x in fp32 for x <= 0 (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial in r, within
+   ~1 ulp); 0 below -88 and for -inf, NaN stays NaN. */
+static inline __m512 exp_ps(__m512 x) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0f), _CMP_LT_OQ);
+    return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
+}
+
+/* One query's scores (S of them, already scaled) into probabilities, in place. */
+static void softmax(float *s, int S) {
+    __m512 top = _mm512_set1_ps(-__builtin_inff());
+    int j = 0;
+    for (; j + 16 <= S; j += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(s + j));
+    float most = _mm512_reduce_max_ps(top);
+    for (; j < S; j++) most = s[j] > most ? s[j] : most; /* a NaN score makes every probability NaN below */
+    const __m512 m = _mm512_set1_ps(most);
+    __m512 total = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= S; j += 16) {
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
+        _mm512_storeu_ps(s + j, e);
+        total = _mm512_add_ps(total, e);
+    }
+    if (j < S) {
+        const __mmask16 rest = (__mmask16)((1u << (S - j)) - 1);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(rest, s + j), m));
+        _mm512_mask_storeu_ps(s + j, rest, e);
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(rest, e));
+    }
+    const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
+    for (j = 0; j < S; j += 16) {
+        const __mmask16 part = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
+        _mm512_mask_storeu_ps(s + j, part, _mm512_mul_ps(_mm512_maskz_loadu_ps(part, s + j), inverse));
+    }
+}
+
+/* out[i] = sum_j p[i][j] v[j] for NQ queries (p rows `S` apart), 32 dimensions at a time so every
+   query's sums stay in registers while V streams past once per 32 dimensions. Inlined with NQ a constant. */
+static inline __attribute__((always_inline)) void weighted_values(const float *p, int NQ, int S,
+                                                                  const uint16_t *v, int hd, uint16_t *out) {
+    for (int d = 0; d < hd; d += 32) {
+        __m512 acc[QUERIES][2];
+        for (int i = 0; i < NQ; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+        for (int j = 0; j < S; j++) {
+            __m512i raw = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(v + (size_t)j * hd + d)));
+            __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+            raw = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(v + (size_t)j * hd + d + 16)));
+            __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+            for (int i = 0; i < NQ; i++) {
+                __m512 weight = _mm512_set1_ps(p[(size_t)i * S + j]);
+                acc[i][0] = _mm512_fmadd_ps(weight, lo, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(weight, hi, acc[i][1]);
+            }
+        }
+        for (int i = 0; i < NQ; i++) {
+            float sums[32];
+            _mm512_storeu_ps(sums, acc[i][0]);
+            _mm512_storeu_ps(sums + 16, acc[i][1]);
+            for (int t = 0; t < 32; t++) out[(size_t)i * hd + d + t] = float_to_bf16(sums[t]);
+        }
+    }
+}
+
+static void values(const float *p, int NQ, int S, const uint16_t *v, int hd, uint16_t *out) {
+    switch (NQ) { /* NQ <= QUERIES */
+    case 1: weighted_values(p, 1, S, v, hd, out); break;
+    case 2: weighted_values(p, 2, S, v, hd, out); break;
+    case 3: weighted_values(p, 3, S, v, hd, out); break;
+    case 4: weighted_values(p, 4, S, v, hd, out); break;
+    case 5: weighted_values(p, 5, S, v, hd, out); break;
+    case 6: weighted_values(p, 6, S, v, hd, out); break;
+    case 7: weighted_values(p, 7, S, v, hd, out); break;
+    case 8: weighted_values(p, 8, S, v, hd, out); break;
+    case 9: weighted_values(p, 9, S, v, hd, out); break;
+    case 10: weighted_values(p, 10, S, v, hd, out); break;
+    case 11: weighted_values(p, 11, S, v, hd, out); break;
+    default: weighted_values(p, 12, S, v, hd, out); break;
+    }
+}
+
+/* q (H, hd) one token's query heads, k and v (n_kv heads, S keys, hd) with heads `head_stride` elements
+   apart and keys `hd` apart, all bf16: out (H, hd) bf16, head h attending with K/V head h / (H / n_kv).
+   `scores`: H * S floats of working memory. hd a multiple of 32. Returns 0, or -1 for sizes it does not
+   take. */
+int attend_one(const uint16_t *q, int H, int n_kv, int hd, int S, const uint16_t *k, const uint16_t *v,
+               long head_stride, float scale, uint16_t *out, float *scores, int threads) {
+    if (hd % 32 || S < 1 || n_kv < 1 || H % n_kv) return -1;
+    const int group = H / n_kv;
+    /* work items: a K/V head and up to QUERIES of its query heads; more items than heads where threads
+       would otherwise idle, but never fewer than 4 queries sharing V */
+    int parts = (group + QUERIES - 1) / QUERIES;
+    while (n_kv * parts < threads && (group + parts) / (parts + 1) >= 4) parts++;
+    const int per = (group + parts - 1) / parts;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int item = 0; item < n_kv * parts; item++) {
+        const int h = item / parts, first = h * group + (item % parts) * per;
+        const int last = first + per < (h + 1) * group ? first + per : (h + 1) * group;
+        const uint16_t *kh = k + (size_t)h * head_stride, *vh = v + (size_t)h * head_stride;
+        if (first >= last) continue;
+        query_scores(q + (size_t)first * hd, last - first, kh, S, hd, scale, scores + (size_t)first * S);
+        for (int i = first; i < last; i++) softmax(scores + (size_t)i * S, S);
+        values(scores + (size_t)first * S, last - first, S, vh, hd, out + (size_t)first * hd);
+    }
+    return 0;
+}
