@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sc2cli
-from sc2cli.model.model import KVCache
+from sc2cli.model.model import KVCache, Rotary, rotate
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 
@@ -198,3 +198,22 @@ def test_embedding_initialises_like_nn_embedding_off_the_meta_device():
     assert torch.equal(ours, torch.nn.Embedding(50, 8).weight)
     with torch.device("meta"):
         assert Embedding(50, 8).weight.is_meta
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_rotary_is_the_rotate_half_form_bit_for_bit(dtype):
+    """`rotate` with the table's signed sin against the reference's x cos + (-x2, x1) sin, zeros included
+    (position 0, where sin is 0, and zero activations: the signs of zeros too)."""
+    from transformers.models.starcoder2.modeling_starcoder2 import rotate_half
+
+    config = sc2cli.model.config.ModelConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                             intermediate_size=128, num_hidden_layers=1, vocab_size=32)  # fmt: skip
+    rotary = Rotary(config)
+    x = torch.randn(1, 40, 4, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, :3, :, :5] = 0.0
+    cos, signed_sin = rotary(0, 40, x.device, dtype)
+    angles = torch.arange(40, dtype=torch.float32)[:, None] * (1.0 / 10000 ** (torch.arange(0, 16, 2) / 16))
+    sin = torch.cat((angles, angles), dim=-1).sin().to(dtype)[:, None, :]
+    want = x * cos + rotate_half(x) * sin
+    got = rotate(x, cos, signed_sin)
+    assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())
