@@ -83,6 +83,46 @@ def scratch_bytes(rows: int, in_features: int, group: int) -> int:
     return rows * (in_features + 4 + 8 * (in_features // group))
 
 
+class Int4Product:
+    """A packed int4 weight (N, K/2) with its (K/group, N, 2) bf16 scales and zeros and `bias` (N,), bound
+    to the kernel once: a token's call then costs the kernel and little else (unbound, a 3B k_proj's call
+    spent ~25 us in Python around a 10 us kernel, 211 calls a token). Rows and results are in `dtype`
+    (bf16 or fp32), the bias added before the result is rounded."""
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int,
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
+        library = _library("int4_vnni")
+        assert library is not None, "Int4Product made where int4_vnni_works is False"
+        self.function = library.int4_vnni_mm
+        self.N, self.K, self.group, self.dtype = packed.shape[0], packed.shape[1] * 2, group, dtype
+        bias = None if bias is None else bias.to(dtype).contiguous()
+        self.tensors = (packed, scales_and_zeros, bias)  # kept alive: the pointers below point into them
+        self.weights = (
+            packed.data_ptr(),
+            scales_and_zeros.data_ptr(),
+            group,
+            bias.data_ptr() if bias is not None else None,
+        )
+        self.bf16 = int(dtype == torch.bfloat16)
+
+    def __call__(self, x2d: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """`x2d` (rows, K) contiguous in `dtype`: (rows, N). `scratch`: at least `scratch_bytes` uint8, else
+        this thread's own."""
+        rows = x2d.shape[0]
+        out = torch.empty(rows, self.N, dtype=self.dtype)
+        if scratch is None:
+            scratch = _working("int4", scratch_bytes(rows, self.K, self.group), torch.uint8)
+        status = self.function(
+            x2d.data_ptr(), rows, self.K, self.N, *self.weights, out.data_ptr(), self.bf16, torch.get_num_threads(),
+            scratch.data_ptr(),
+        )  # fmt: skip
+        if status:
+            raise ValueError(
+                f"the int4 kernel takes no weight of shape {self.N}x{self.K} in groups of {self.group}"
+            )
+        return out
+
+
 def int4_vnni_mm(
     x2d: torch.Tensor,
     packed: torch.Tensor,
@@ -91,25 +131,9 @@ def int4_vnni_mm(
     scratch: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`x2d` (rows, K) bf16 or fp32 times the packed weight (N, K/2) with its (K/group, N, 2) bf16 scales and
-    zeros, plus `bias` (N,) in x2d's dtype (added before the result is rounded): (rows, N) in x2d's dtype.
-    `scratch`: at least `scratch_bytes` uint8."""
-    library = _library("int4_vnni")
-    assert library is not None, "int4_vnni_mm called where int4_vnni_works is False"
-    rows, K = x2d.shape
-    N = packed.shape[0]
-    x2d = x2d.contiguous()
-    out = torch.empty(rows, N, dtype=x2d.dtype)
-    if bias is not None and bias.dtype != x2d.dtype:
-        bias = bias.to(x2d.dtype)
-    status = library.int4_vnni_mm(
-        x2d.data_ptr(), rows, K, N, packed.data_ptr(), scales_and_zeros.data_ptr(), group,
-        None if bias is None else bias.data_ptr(), out.data_ptr(), int(x2d.dtype == torch.bfloat16),
-        torch.get_num_threads(), scratch.data_ptr(),
-    )  # fmt: skip
-    if status:
-        raise ValueError(f"the int4 kernel takes no weight of shape {N}x{K} in groups of {group}")
-    return out
+    """`x2d` (rows, K) bf16 or fp32 times the packed weight, plus `bias`, through an `Int4Product` made for
+    this one call: (rows, N) in x2d's dtype. `scratch`: at least `scratch_bytes` uint8."""
+    return Int4Product(packed, scales_and_zeros, group, bias, x2d.dtype)(x2d.contiguous(), scratch)
 
 
 @functools.cache
@@ -212,7 +236,7 @@ def attention_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     n_kv, S = k.shape[1], k.shape[2]
     q = q.contiguous()
     out = torch.empty_like(q)
-    scores = _scores(H * S)
+    scores = _working("scores", H * S, torch.float32)
     status = library.attend_one(
         q.data_ptr(), H, n_kv, hd, S, k.data_ptr(), v.data_ptr(), k.stride(1), hd**-0.5, out.data_ptr(),
         scores.data_ptr(), torch.get_num_threads(),
@@ -225,12 +249,15 @@ def attention_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 _scratch = threading.local()
 
 
-def _scores(size: int) -> torch.Tensor:
-    """This thread's fp32 working memory for the kernel's scores, kept between calls: a fresh buffer of a
-    long cache's size would be mapped and zeroed by the system on every call (~50 us at 2,048 keys)."""
-    held = getattr(_scratch, "scores", None)
+def _working(name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """This thread's working memory `name` for a kernel, at least `size` elements, kept between calls: a
+    fresh buffer of a long cache's size would be mapped and zeroed by the system on every call (~50 us
+    for the attention scores at 2,048 keys)."""
+    held = getattr(_scratch, name, None)
     if held is None or held.numel() < size:
-        held = _scratch.scores = torch.empty(max(size, 1 << 16), dtype=torch.float32)
+        with torch.inference_mode(False):  # usable in and outside inference mode alike
+            held = torch.empty(max(size, 1 << 16), dtype=dtype)
+        setattr(_scratch, name, held)
     return held
 
 

@@ -295,6 +295,8 @@ class Int4Linear(QuantizedLinear):
         self.group = in_features // scales_and_zeros.shape[0]
         self.prompt, self.decode, self.scratch = "tinygemm", "tinygemm", UnpackScratch()
         self.layout: Layout | None = None  # tinygemm's CPU layout, once a prompt path unpacks it
+        self.few = INT4_PROMPT_ROWS  # products of fewer rows take the decode path
+        self.product: native.Int4Product | None = None  # the `vnni` decode path, bound to these weights
 
     def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
         """Take `path` for prompts where it runs here (tinygemm otherwise); returns the path taken."""
@@ -305,6 +307,7 @@ class Int4Linear(QuantizedLinear):
         if not runs or (path != "tinygemm" and layout is None):
             path = "tinygemm"
         self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
+        self.few = INT4_INT8_PROMPT_ROWS if path == "int8" else INT4_PROMPT_ROWS
         self.scratch = scratch or self.scratch
         return path
 
@@ -318,6 +321,8 @@ class Int4Linear(QuantizedLinear):
             and native.int4_vnni_works(self.scales_and_zeros.dtype)
         )
         self.decode = path if runs else "tinygemm"
+        sz = self.scales_and_zeros
+        self.product = native.Int4Product(self.packed, sz, self.group, self.bias, sz.dtype) if runs else None
         return self.decode
 
     @classmethod
@@ -343,7 +348,7 @@ class Int4Linear(QuantizedLinear):
 
     def _prompt(self, rows: int) -> bool:
         """Whether a product of `rows` rows takes the prompt path (`self.prompt`; int8 from fewer rows)."""
-        return rows >= (INT4_INT8_PROMPT_ROWS if self.prompt == "int8" else INT4_PROMPT_ROWS)
+        return rows >= self.few
 
     def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
         sz = self.scales_and_zeros
@@ -358,15 +363,12 @@ class Int4Linear(QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        shape, product = x.shape, self.product
+        if product is not None and x.numel() < self.few * self.in_features:  # bias added inside the kernel
+            x2d = x.reshape(-1, shape[-1])  # (rows, K); a token's call kept lean: it runs 211 times a token
+            out = product((x2d if x.dtype == product.dtype else x2d.to(product.dtype)).contiguous())
+            return (out if x.dtype == product.dtype else out.to(x.dtype)).view(*shape[:-1], -1)
         x2d = x.reshape(-1, shape[-1])  # (rows, K)
-        if self.decode == "vnni" and not self._prompt(len(x2d)):  # bias added inside, before rounding
-            scratch = self.scratch.take("vnni", (native.scratch_bytes(*x2d.shape, self.group),), torch.uint8)
-            out = native.int4_vnni_mm(
-                x2d.to(self.scales_and_zeros.dtype), self.packed, self.scales_and_zeros, self.group, scratch,
-                self.bias,
-            )  # fmt: skip
-            return out.to(x.dtype).view(*shape[:-1], -1)
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
         return out + self.bias if self.bias is not None else out
 

@@ -16,7 +16,7 @@ from sc2cli.completion.generate import generate
 from sc2cli.completion.speculate import Speculation
 from sc2cli.model import native
 from sc2cli.model.linear import plan_kernels
-from sc2cli.model.quant import INT4_INT8_PROMPT_ROWS, Int4Linear, pack_int4, quantize_int4
+from sc2cli.model.quant import INT4_PROMPT_ROWS, Int4Linear, pack_int4, quantize_int4
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 from .test_dequant import assert_within_int8_rounding
@@ -122,12 +122,13 @@ def test_rows_of_a_prompt_take_the_prompt_path_not_the_kernel(monkeypatch):
     layer = Int4Linear(packed, scales_and_zeros, None, 64)
     layer.use_decode_path("vnni")
     calls = []
-    monkeypatch.setattr(
-        native, "int4_vnni_mm", lambda *a: calls.append(len(a[0])) or torch.zeros(len(a[0]), 64)
-    )
+    product = layer.product
+    layer.product = lambda x2d: calls.append(len(x2d)) or product(x2d)
+    layer.product.dtype = torch.bfloat16
     layer(torch.randn(3, 64).bfloat16())
-    layer(torch.randn(INT4_INT8_PROMPT_ROWS + 100, 64).bfloat16())  # tinygemm: this layer's prompt path
-    assert calls == [3]
+    layer(torch.randn(INT4_PROMPT_ROWS - 1, 64).bfloat16())
+    layer(torch.randn(INT4_PROMPT_ROWS, 64).bfloat16())  # tinygemm: this layer's prompt path
+    assert calls == [3, INT4_PROMPT_ROWS - 1]
 
 
 @pytest.fixture
