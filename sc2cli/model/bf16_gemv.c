@@ -3,8 +3,9 @@
 
    Read by sc2cli/model/native.py, which compiles it once per machine with the system C compiler and calls
    it through ctypes where the CPU has native bf16: there, PyTorch's and oneDNN's one-row products were
-   measured reading well under the memory's speed. Each block of 4 output rows is read once for up to 3
-   rows of x at a time; each output is its row's alone (the same operations whatever the row count). */
+   measured reading well under the memory's speed. Each block of 4 output rows (8 for a token alone) is
+   read once for up to 3 rows of x at a time; each output is its row's alone (the same operations
+   whatever the row count or block). */
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -12,33 +13,38 @@
 
 #include "bf16.h"
 
-#define OUT_ROWS 4
+#define OUT_ROWS 4 /* weight rows per block for a token and its drafts */
+#define WIDE_ROWS 8 /* for a token alone: more rows streaming at once (~10% faster from memory here) */
 #define X_ROWS 3
 
-/* Rows [0, M) (M <= X_ROWS) of x times weight rows [n0, n0 + 4): sums (M, 4). Inlined with M a constant,
-   so the accumulators live in registers. */
-static inline __attribute__((always_inline)) void block(const uint16_t *const *x, int M, int K,
+/* Rows [0, M) (M <= X_ROWS) of x times weight rows [n0, n0 + R): sums (M, R). Inlined with M and R
+   constants, so the accumulators live in registers; each sum's order is the same whatever M and R. */
+static inline __attribute__((always_inline)) void block(const uint16_t *const *x, int M, int R, int K,
                                                         const uint16_t *w, int n0, float *sums) {
-    __m512 acc[X_ROWS][OUT_ROWS];
+    __m512 acc[X_ROWS][WIDE_ROWS];
     for (int m = 0; m < M; m++)
-        for (int r = 0; r < OUT_ROWS; r++) acc[m][r] = _mm512_setzero_ps();
+        for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 32) {
         __m512bh xs[X_ROWS];
         for (int m = 0; m < M; m++) xs[m] = (__m512bh)_mm512_loadu_si512(x[m] + k);
-        for (int r = 0; r < OUT_ROWS; r++) {
+        for (int r = 0; r < R; r++) {
             __m512bh weights = (__m512bh)_mm512_loadu_si512(w + (size_t)(n0 + r) * K + k);
             for (int m = 0; m < M; m++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], weights, xs[m]);
         }
     }
     for (int m = 0; m < M; m++)
-        for (int r = 0; r < OUT_ROWS; r++) sums[m * OUT_ROWS + r] = _mm512_reduce_add_ps(acc[m][r]);
+        for (int r = 0; r < R; r++) sums[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-static void rows_block(const uint16_t *const *x, int M, int K, const uint16_t *w, int n0, float *sums) {
+static void rows_block(const uint16_t *const *x, int M, int R, int K, const uint16_t *w, int n0, float *sums) {
+    if (R == WIDE_ROWS) { /* a token alone */
+        block(x, 1, WIDE_ROWS, K, w, n0, sums);
+        return;
+    }
     switch (M) { /* M <= X_ROWS */
-    case 1: block(x, 1, K, w, n0, sums); break;
-    case 2: block(x, 2, K, w, n0, sums); break;
-    default: block(x, 3, K, w, n0, sums); break;
+    case 1: block(x, 1, OUT_ROWS, K, w, n0, sums); break;
+    case 2: block(x, 2, OUT_ROWS, K, w, n0, sums); break;
+    default: block(x, 3, OUT_ROWS, K, w, n0, sums); break;
     }
 }
 
@@ -47,19 +53,20 @@ static void rows_block(const uint16_t *const *x, int M, int K, const uint16_t *w
 int bf16_gemv(const uint16_t *x, int M, int K, int N, const uint16_t *w, const uint16_t *bias, uint16_t *out,
               int threads) {
     if (K % 32 || N % OUT_ROWS || M < 1) return -1;
-    int blocks = N / OUT_ROWS;
+    const int R = M == 1 && N % WIDE_ROWS == 0 ? WIDE_ROWS : OUT_ROWS;
+    const int blocks = N / R;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int b = 0; b < blocks; b++) {
-        int n0 = b * OUT_ROWS;
-        float sums[X_ROWS * OUT_ROWS];
+        int n0 = b * R;
+        float sums[X_ROWS * WIDE_ROWS];
         for (int m0 = 0; m0 < M; m0 += X_ROWS) {
             int rows = M - m0 < X_ROWS ? M - m0 : X_ROWS;
             const uint16_t *xs[X_ROWS];
             for (int m = 0; m < rows; m++) xs[m] = x + (size_t)(m0 + m) * K;
-            rows_block(xs, rows, K, w, n0, sums);
+            rows_block(xs, rows, R, K, w, n0, sums);
             for (int m = 0; m < rows; m++)
-                for (int r = 0; r < OUT_ROWS; r++) {
-                    float y = sums[m * OUT_ROWS + r] + (bias ? bf16_to_float(bias[n0 + r]) : 0.0f);
+                for (int r = 0; r < R; r++) {
+                    float y = sums[m * R + r] + (bias ? bf16_to_float(bias[n0 + r]) : 0.0f);
                     out[(size_t)(m0 + m) * N + n0 + r] = float_to_bf16(y);
                 }
         }
