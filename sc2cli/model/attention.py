@@ -157,24 +157,30 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
 
 
 def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
-    """One token through sc2's own kernel (native.py: the grouped maths in AVX512-BF16 dot products and
-    fp32, reading the bf16 cache in place); calls it does not take (several sequences, no cache) go
-    through `grouped_attention`, so a token's path never depends on the drafts beside it."""
-    if native.attention_one_fits(q, k, v):
-        return native.attention_one(q, k, v)
-    return grouped_attention(q, k, v, vis)
+    """A token, or a token and its drafts, through sc2's own kernel (native.py: the grouped maths in
+    AVX512-BF16 dot products and fp32, reading the bf16 cache in place), all rows in one call, each over
+    the keys that token alone would get; calls it does not take (several sequences, no cache) go row by
+    row through `grouped_attention`, so a token's path never depends on the drafts beside it."""
+    if not native.attention_one_fits(q, k, v):
+        return _row_by_row(grouped_attention, q, k, v, vis)
+    keys = []
+    for position in range(vis.q_start, vis.q_start + q.shape[2]):
+        first = max(vis.k_start, first_visible_key(position, vis.window))
+        keys.append((first - vis.k_start, position + 1 - first))
+    return native.attention_one(q, k, v, keys)
 
 
 def attention_function(backend: str, single_query: str = "fused") -> AttentionFn:
     """The backend's function, but calls of up to `FEW_ROWS` new tokens (decode and its drafts) take each
     row as a call of its own, over the keys that token alone would be given (a kernel's rows differ with the
     number of queries and keys, the fused one's and BLAS's alike), through `grouped_attention` with
-    `single_query="grouped"` and `native_attention` with `"native"`. flash-attn is left as it is."""
+    `single_query="grouped"`, or all in one call of sc2's kernel with `"native"` (`native_attention`).
+    flash-attn is left as it is."""
     attend = _FUNCTIONS[backend]
     if backend == "flash":
         return attend
     one = {"grouped": grouped_attention, "native": native_attention}.get(single_query, attend)  # a lone token
-    few = functools.partial(_row_by_row, one)
+    few = native_attention if single_query == "native" else functools.partial(_row_by_row, one)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
         T = q.shape[2]

@@ -1,10 +1,11 @@
-/* One token's attention over a bf16 KV cache, every query head of a K/V head together: scores in
-   AVX512-BF16's dot products (bf16 products exact in fp32, fp32 sums), softmax in fp32, the values summed
-   in fp32 FMAs, the result rounded once to bf16. The same maths as attention.py's `grouped_attention`
-   (which converts K and V to fp32 and multiplies), without the conversion copies and with each K/V row
-   read from cache while the whole query group uses it.
+/* Attention over a bf16 KV cache for a token, or a token and its drafts (each row exactly as that token
+   alone), every query head of a K/V head together: scores in AVX512-BF16's dot products (bf16 products
+   exact in fp32, fp32 sums), softmax in fp32, the values summed in fp32 FMAs, the result rounded once to
+   bf16. The same maths as attention.py's `grouped_attention` (which converts K and V to fp32 and
+   multiplies), without the conversion copies and with each K/V row read from cache while the whole query
+   group uses it.
 
-   Read by sc2cli/model/native.py, which compiles it once per machine and calls it through ctypes for one
+   Read by sc2cli/model/native.py, which compiles it once per machine and calls it through ctypes for a
    token's attention where the CPU has native bf16. */
 
 #include <immintrin.h>
@@ -162,28 +163,41 @@ static void values(const float *p, int NQ, int S, const uint16_t *v, int hd, uin
     }
 }
 
-/* q (H, hd) one token's query heads, k and v (n_kv heads, S keys, hd) with heads `head_stride` elements
-   apart and keys `hd` apart, all bf16: out (H, hd) bf16, head h attending with K/V head h / (H / n_kv).
-   `scores`: H * S floats of working memory. hd a multiple of 32. Returns 0, or -1 for sizes it does not
-   take. */
-int attend_one(const uint16_t *q, int H, int n_kv, int hd, int S, const uint16_t *k, const uint16_t *v,
-               long head_stride, float scale, uint16_t *out, float *scores, int threads) {
-    if (hd % 32 || S < 1 || n_kv < 1 || H % n_kv) return -1;
+/* T tokens (a token and its drafts), each exactly as it would be alone: token t's query heads q[t] (H, hd)
+   attend to keys [first[t], first[t] + count[t]) of k and v (n_kv heads, keys `hd` apart, heads
+   `head_stride` elements apart), all bf16; out[t] (H, hd) bf16, head h attending with K/V head
+   h / (H / n_kv). `scores`: T * H * max(count) floats of working memory. hd a multiple of 32. Returns 0,
+   or -1 for sizes it does not take. */
+int attend_rows(const uint16_t *q, int T, int H, int n_kv, int hd, const int *first, const int *count,
+                const uint16_t *k, const uint16_t *v, long head_stride, float scale, uint16_t *out, float *scores,
+                int threads) {
+    if (hd % 32 || T < 1 || n_kv < 1 || H % n_kv) return -1;
+    int most = 0;
+    for (int t = 0; t < T; t++) {
+        if (count[t] < 1 || first[t] < 0) return -1;
+        most = count[t] > most ? count[t] : most;
+    }
     const int group = H / n_kv;
-    /* work items: a K/V head and up to QUERIES of its query heads; more items than heads where threads
-       would otherwise idle, but never fewer than 4 queries sharing V */
+    /* work items: a token, a K/V head and up to QUERIES of its query heads; more items than heads where
+       threads would otherwise idle, but never fewer than 4 queries sharing V. Which thread computes a
+       query changes nothing in its result. */
     int parts = (group + QUERIES - 1) / QUERIES;
-    while (n_kv * parts < threads && (group + parts) / (parts + 1) >= 4) parts++;
+    while (T * n_kv * parts < threads && (group + parts) / (parts + 1) >= 4) parts++;
     const int per = (group + parts - 1) / parts;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int item = 0; item < n_kv * parts; item++) {
-        const int h = item / parts, first = h * group + (item % parts) * per;
-        const int last = first + per < (h + 1) * group ? first + per : (h + 1) * group;
-        const uint16_t *kh = k + (size_t)h * head_stride, *vh = v + (size_t)h * head_stride;
-        if (first >= last) continue;
-        query_scores(q + (size_t)first * hd, last - first, kh, S, hd, scale, scores + (size_t)first * S);
-        for (int i = first; i < last; i++) softmax(scores + (size_t)i * S, S);
-        values(scores + (size_t)first * S, last - first, S, vh, hd, out + (size_t)first * hd);
+    for (int item = 0; item < T * n_kv * parts; item++) {
+        const int t = item / (n_kv * parts), h = item / parts % n_kv;
+        const int lo = h * group + (item % parts) * per;
+        const int hi = lo + per < (h + 1) * group ? lo + per : (h + 1) * group;
+        if (lo >= hi) continue;
+        const int S = count[t];
+        const uint16_t *kh = k + (size_t)h * head_stride + (size_t)first[t] * hd;
+        const uint16_t *vh = v + (size_t)h * head_stride + (size_t)first[t] * hd;
+        const uint16_t *qt = q + (size_t)t * H * hd;
+        float *st = scores + (size_t)t * H * most;
+        query_scores(qt + (size_t)lo * hd, hi - lo, kh, S, hd, scale, st + (size_t)lo * S);
+        for (int i = lo; i < hi; i++) softmax(st + (size_t)i * S, S);
+        values(st + (size_t)lo * S, hi - lo, S, vh, hd, out + (size_t)t * H * hd + (size_t)lo * hd);
     }
     return 0;
 }

@@ -54,8 +54,8 @@ LIBRARIES = {
     "attention_one": (
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
         ("avx512f", "avx512bw", "avx512_bf16"),
-        ("attend_one", _int, [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_long,
-                              ctypes.c_float, _pointer, _pointer, _int]),
+        ("attend_rows", _int, [_pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer, _pointer,
+                               ctypes.c_long, ctypes.c_float, _pointer, _pointer, _int]),
     ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own
@@ -210,12 +210,11 @@ def attention_one_works() -> bool:
 
 
 def attention_one_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernel takes this call: one sequence, one token, bf16 on the CPU, head size a multiple
-    of 32, each head's keys dense and K, V laid out alike (slices of the KV cache are)."""
-    B, H, T, hd = q.shape
+    """Whether the kernel takes this call: one sequence, bf16 on the CPU, head size a multiple of 32, each
+    head's keys dense and K, V laid out alike (slices of the KV cache are)."""
+    B, H, _, hd = q.shape
     return (
         B == 1
-        and T == 1
         and hd % 32 == 0
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
         and k.device.type == "cpu"
@@ -227,23 +226,30 @@ def attention_one_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> boo
     )
 
 
-def attention_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v for one token: q (1, H, 1, hd), k and v (1, n_kv, S, hd), each K/V head
-    serving H / n_kv query heads; (1, H, 1, hd) bf16, computed in fp32 and rounded once."""
+def attention_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: list[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v for each of T tokens: q (1, H, T, hd), k and v (1, n_kv, S, hd), each K/V
+    head serving H / n_kv query heads, token t over keys [first, first + count) = `keys[t]` (default: one
+    token over all S); (1, H, T, hd) bf16, computed in fp32 and rounded once, each token as alone."""
     library = _library("attention_one")
     assert library is not None, "attention_one called where attention_one_works is False"
-    _, H, _, hd = q.shape
+    _, H, T, hd = q.shape
     n_kv, S = k.shape[1], k.shape[2]
-    q = q.contiguous()
-    out = torch.empty_like(q)
-    scores = _working("scores", H * S, torch.float32)
-    status = library.attend_one(
-        q.data_ptr(), H, n_kv, hd, S, k.data_ptr(), v.data_ptr(), k.stride(1), hd**-0.5, out.data_ptr(),
-        scores.data_ptr(), torch.get_num_threads(),
+    keys = keys or [(0, S)]
+    rows = q.transpose(1, 2).contiguous()  # (1, T, H, hd): each token's heads together
+    out = torch.empty_like(rows)
+    if len(keys) != T or not all(a >= 0 and n > 0 and a + n <= S for a, n in keys):
+        raise ValueError(f"keys {keys} do not fit {T} tokens over {S} keys")
+    firsts, counts = ((ctypes.c_int * T)(*column) for column in zip(*keys, strict=True))
+    scores = _working("scores", T * H * max(counts), torch.float32)
+    status = library.attend_rows(
+        rows.data_ptr(), T, H, n_kv, hd, firsts, counts, k.data_ptr(), v.data_ptr(), k.stride(1), hd**-0.5,
+        out.data_ptr(), scores.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if status:
         raise ValueError(f"the attention kernel takes no call of {H} heads over {n_kv}, head size {hd}")
-    return out
+    return out.transpose(1, 2)  # (1, H, T, hd)
 
 
 _scratch = threading.local()

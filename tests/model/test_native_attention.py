@@ -1,7 +1,8 @@
-"""sc2's one-token attention kernel (native.py, attention_one.c): the exact maths rounded once to bf16 over
-any number of keys (its blocks of 16 and the rest), the same result however many threads share a call,
-NaN kept, calls it cannot take left to the grouped path, offered by the plan only where it runs, and a
-model decoding through it whose drafts change no greedy token."""
+"""sc2's attention kernel for a token and its drafts (native.py, attention_one.c): the exact maths rounded
+once to bf16 over any number of keys (its blocks of 16 and the rest), each draft's row in one call exactly
+as that token alone, the same result however many threads share a call, NaN kept, calls it cannot take
+left to the grouped path, offered by the plan only where it runs, and a model decoding through it whose
+drafts change no greedy token."""
 
 from __future__ import annotations
 
@@ -106,7 +107,6 @@ def test_calls_the_kernel_cannot_take_go_through_the_grouped_path(monkeypatch):
     two = torch.cat([q, q]), torch.cat([k, k]), torch.cat([v, v])
     unfit = {
         "two sequences": two,
-        "two tokens": (torch.cat([q, q], dim=2), k, v),
         "fp32": (q.float(), k.float(), v.float()),
         "head size 48": cached(4, 2, 48, 10),
         "keys not dense": (q, *(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))),
@@ -138,7 +138,9 @@ def test_each_of_a_few_rows_is_bit_for_bit_that_token_alone(q_start, length, win
         alone = attend(q[:, :, i : i + 1], cache[0, :, :, first : position + 1], cache[1, :, :, first : position + 1],
                        visibility(position, 1, first, window, q.device))  # fmt: skip
         assert torch.equal(together[:, :, i : i + 1], alone)
-    assert native.attention_one_fits(q[:, :, :1], k, v)  # the kernel's calls, not the fallback's
+    assert native.attention_one_fits(q, k, v)  # the rows in one call of the kernel, not the fallback
+    with pytest.raises(ValueError, match="do not fit"):
+        native.attention_one(q[:, :, :2], k, v, [(0, k.shape[2] + 1), (0, 1)])  # more keys than given
 
 
 def test_the_plan_offers_the_kernel_only_where_it_runs_and_is_wanted(monkeypatch):
