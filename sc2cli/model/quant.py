@@ -364,11 +364,10 @@ class Int4Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, product = x.shape, self.product
-        if product is not None and x.numel() < self.few * self.in_features:  # bias added inside the kernel
-            x2d = x.reshape(-1, shape[-1])  # (rows, K); a token's call kept lean: it runs 211 times a token
-            out = product((x2d if x.dtype == product.dtype else x2d.to(product.dtype)).contiguous())
-            return (out if x.dtype == product.dtype else out.to(x.dtype)).view(*shape[:-1], -1)
         x2d = x.reshape(-1, shape[-1])  # (rows, K)
+        if product is not None and len(x2d) < self.few:  # a token's call, kept lean: 211 of them a token
+            out = product((x2d if x.dtype == product.dtype else x2d.to(product.dtype)).contiguous())
+            return (out if x.dtype == product.dtype else out.to(x.dtype)).view(*shape[:-1], -1)  # bias inside
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
         return out + self.bias if self.bias is not None else out
 
