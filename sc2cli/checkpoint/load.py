@@ -27,6 +27,7 @@ from ..model.attention import plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
 from ..model.kernels import ROLES
 from ..model.linear import (
+    KINDS,
     PROBE_MIN_BYTES,
     QUANTIZATIONS,
     Plan,
@@ -37,7 +38,7 @@ from ..model.linear import (
     use_prompt_paths,
 )
 from ..model.model import Starcoder2
-from ..model.quant import INT4_GROUP, INT4_MULTIPLIER_MAX, KINDS, int4_layout
+from ..model.quant import INT4_GROUP, INT4_MULTIPLIER_MAX, int4_layout
 from ..model.rows import model_row_costs
 from .layout import checkpoint_files, read_config
 from .packed import packed_path, packed_usable, read_packed, tensor_bytes, write_packed

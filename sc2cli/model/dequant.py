@@ -206,9 +206,7 @@ def int8_product(
     groups = scales_and_zeros.shape[0]
     x = x2d.to(torch.float32, copy=True)  # (rows, K), scaled in place below: never the caller's
     out = _zeros_part(x.view(rows, groups, -1).sum(-1), scales_and_zeros)  # (rows, N) fp32
-    high, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)  # 10x faster than aminmax or a norm here
-    x_scale = torch.maximum(high, low.neg_()).clamp_(min=2**-126).div_(127)
-    x8 = x.div_(x_scale).round_().to(torch.int8)  # (rows, K) in -127..127; x_scale (rows, 1)
+    x8, x_scale = round_rows(x)  # (rows, K) in -127..127; x_scale (rows, 1)
     for span in chunks(packed.shape[0], K, layout, INT8_CHUNK_ELEMENTS):
         n = span[1] - span[0]
         weight = _codes(packed, span, scratch).view(torch.int8).sub_(8)  # (K, 2, n/2)
@@ -220,6 +218,15 @@ def int8_product(
         torch.mul(torch._int_mm(x8, weight.view(K, n)), x_scale, out=product)  # int32 sums, exact
         _put_back(out, product.mul_(row_scale.reshape(1, n)), span, add=True)
     return out.to(scales_and_zeros.dtype)
+
+
+def round_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of `x` (rows, K) fp32, which this scales in place, rounded to int8 with its own scale
+    max(max |x|, 2^-126) / 127, ties to even: (int8 (rows, K) in -127..127, scales (rows, 1) fp32). sc2's
+    int8 kernel (int8_vnni.c) rounds a row exactly so."""
+    high, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)  # 10x faster than aminmax or a norm here
+    x_scale = torch.maximum(high, low.neg_()).clamp_(min=2**-126).div_(127)
+    return x.div_(x_scale).round_().to(torch.int8), x_scale
 
 
 def _zeros_part(sums: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:

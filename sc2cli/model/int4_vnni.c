@@ -26,14 +26,6 @@
 #define BLOCK 64
 #define ROWS_AT_ONCE 3 /* rows sharing each load of the weights (2, 3 and 4 measured: 3 was fastest) */
 
-static inline __m512 load16(const void *x, int x_is_bf16, int k) { /* x[k..k+15] as fp32 */
-    if (x_is_bf16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + k));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_loadu_ps((const float *)x + k);
-}
-
 /* A row of x rounded to int8 (xq, K bytes), its scale, and per group: sum of xq, sum of x (fp32). K and
    group are multiples of 16. */
 static void quantize_row(const void *x, int x_is_bf16, int K, int group, int8_t *xq, float *sx,

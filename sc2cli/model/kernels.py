@@ -14,7 +14,10 @@ decision with its candidate paths:
   (`upcast-onednn`: 2.4x MKL's fp32 product on an AMD Zen 5, where MKL takes a generic path).
 - `fp32`: fp32 weights, every row count: `linear` (`F.linear`'s BLAS) or `onednn` (oneDNN's inner product;
   on an AMD Zen 5, where MKL takes a generic path: 1.4-1.6x at one row, 2.3-2.9x at 128).
-- `int8`: `dynamic` (fbgemm, int8 activations) or `weight-only` (`aten._weight_int8pack_mm`).
+- `int8`: `dynamic` (fbgemm, int8 activations), `weight-only` (`aten._weight_int8pack_mm`) or `vnni`
+  (int8.py: the rows rounded to int8 by sc2's own kernel for a token and its drafts, native.py, and by
+  `torch._int_mm` for prompts, on the weights as stored: no re-packing at load, where fbgemm's takes
+  ~0.17 s per 3B MLP matrix; CPUs with AVX-512 VNNI and a C compiler).
 - `int4-prompt`: int4 weights times a prompt's many rows (quant.py's `INT4_PROMPT_ROWS` or more, or
   `INT4_INT8_PROMPT_ROWS` for `int8`; fewer rows always take tinygemm): `tinygemm` (PyTorch's kernel,
   which unpacks the weights again for each four rows), `dequant` (unpacked chunk by chunk into the model's
@@ -60,7 +63,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "decode": ("onednn", "linear", "packed", "native"),
     "prefill": ("linear", "upcast", "upcast-onednn"),
     "fp32": ("linear", "onednn"),
-    "int8": ("dynamic", "weight-only"),
+    "int8": ("dynamic", "weight-only", "vnni"),
     "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8"),
     "int4-decode": ("tinygemm", "vnni"),
     "attention": ("fused", "grouped", "native"),
@@ -77,7 +80,7 @@ PROBE_ROWS = {
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
-PROBE_VERSION = 4  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 5  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

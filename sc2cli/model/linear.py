@@ -11,7 +11,8 @@ for the fastest faithful form on this device and dtype, the paths measured here 
   `F.linear`'s BLAS or by oneDNN's fp32 inner product, whichever multiplies faster here.
 - `OneDnnLinear`, for fp32 weights on a CPU where oneDNN's inner product measures faster than `F.linear`'s
   BLAS (MKL takes a generic path on AMD CPUs); elsewhere fp32 layers stay `nn.Linear`.
-- `quantize="int8"`: fbgemm's dynamic int8 product or the weight-only int8 product (quant.py).
+- `quantize="int8"`: fbgemm's dynamic int8 product, the weight-only int8 product, or the rows rounded to
+  int8 for sc2's own kernel and `torch._int_mm` (int8.py).
 - `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py);
   on a CPU, prompts through tinygemm or through a dense product on weights unpacked chunk by chunk
   (dequant.py), whichever the plan measured faster for the shape; a token and its drafts through tinygemm
@@ -35,15 +36,9 @@ from ..errors import InputError
 from . import native, onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_works
 from .device import cpu_has_native_bf16
+from .int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear
 from .kernels import PROBE_MAX_OUT, Choices, choose, measure_again, parse_forced
-from .quant import (
-    INT4_GROUP,
-    DynamicInt8Linear,
-    Int4Linear,
-    QuantizedLinear,
-    WeightOnlyInt8Linear,
-    int4_fits,
-)
+from .quant import INT4_GROUP, Int4Linear, QuantizedLinear, int4_fits
 
 QUANTIZATIONS = ("none", "int8", "int4")
 UPCAST_MIN_ROWS = 8  # below this many rows a product is bound by memory: the decode path
@@ -213,6 +208,7 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built:
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
         ["weight-only"] if dtype != torch.float32 else []
     )
+    paths += ["vnni"] if built and native.int8_vnni_works(dtype) else []
     if not paths:
         raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
     return paths
@@ -263,12 +259,13 @@ def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) ->
 
 
 def _int8_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
-    """Both int8 layers over stand-in codes (not a quantized stand-in: the values do not change the time)."""
+    """The int8 layers over stand-in codes (not a quantized stand-in: the values do not change the time)."""
     weight = layer().weight
     q, scales = torch.ones(weight.shape, dtype=torch.int8), torch.full((weight.shape[0],), 0.01)
     made = {
         "dynamic": lambda: DynamicInt8Linear(q, scales, None),
         "weight-only": lambda: WeightOnlyInt8Linear(q, scales.to(weight.dtype), None),
+        "vnni": lambda: VnniInt8Linear(q, scales, None, dtype=weight.dtype),
     }
     return {path: made[path]() for path in available}
 
@@ -340,8 +337,11 @@ def quantized_linear(linear: nn.Linear, quantize: str, plan: Plan) -> QuantizedL
         return Int4Linear.from_linear(linear)
     if quantize == "int4":
         return WeightOnlyInt8Linear.from_linear(linear)
-    if plan.get(tuple(linear.weight.shape), {}).get("int8") == "dynamic":
+    path = plan.get(tuple(linear.weight.shape), {}).get("int8")
+    if path == "dynamic":
         return DynamicInt8Linear.from_linear(linear)
+    if path == "vnni":
+        return VnniInt8Linear.from_linear(linear)
     if linear.weight.dtype == torch.float32:
         raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
     return WeightOnlyInt8Linear.from_linear(linear)
@@ -388,3 +388,8 @@ def _swap(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> set[str]:
                 kinds.add(getattr(made, "kind", "") or _paths(made))
                 del child, made
     return kinds
+
+
+KINDS: dict[str, type[QuantizedLinear]] = {
+    cls.kind: cls for cls in (DynamicInt8Linear, WeightOnlyInt8Linear, VnniInt8Linear, Int4Linear)
+}  # a packed-weight cache names each layer's kind (checkpoint/packed.py)

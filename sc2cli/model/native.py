@@ -1,5 +1,6 @@
 """sc2's own CPU kernels, compiled once per machine with the system C compiler and called through ctypes:
-int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products), bf16_gemv.c
+int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products), int8_vnni.c
+(int8 weights, likewise), bf16_gemv.c
 (dense bf16 weights times a few rows in AVX512-BF16's dot products) and attention_one.c (one token's
 attention over the bf16 KV cache).
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ..folders import cache_folder, owned_by_user
-from .dequant import Layout, cpu_layout
+from .dequant import Layout, cpu_layout, int8_mm_works
 
 _pointer, _int = ctypes.c_void_p, ctypes.c_int
 # Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), its function
@@ -45,6 +46,12 @@ LIBRARIES = {
         ("avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"),
         ("int4_vnni_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _int, _pointer, _pointer, _int,
                                 _int, _pointer]),
+    ),
+    "int8_vnni": (  # fp32 steps in the prompt path's order: no contracting into fused multiply-adds
+        ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma", "-ffp-contract=off"),
+        ("avx512f", "avx512bw", "avx512_vnni"),
+        ("int8_vnni_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _pointer, _pointer,
+                                _int, _int, _pointer]),
     ),
     "bf16_gemv": (
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
@@ -83,27 +90,24 @@ def scratch_bytes(rows: int, in_features: int, group: int) -> int:
     return rows * (in_features + 4 + 8 * (in_features // group))
 
 
-class Int4Product:
-    """A packed int4 weight (N, K/2) with its (K/group, N, 2) bf16 scales and zeros and `bias` (N,), bound
-    to the kernel once: a token's call then costs the kernel and little else (unbound, a 3B k_proj's call
-    spent ~25 us in Python around a 10 us kernel, 211 calls a token). Rows and results are in `dtype`
-    (bf16 or fp32), the bias added before the result is rounded."""
+class _Product:
+    """A weight bound to its kernel once: a token's call then costs the kernel and little else (unbound, a
+    3B k_proj's call spent ~25 us in Python around a 10 us kernel, 211 calls a token). Rows and results
+    are in `dtype` (bf16 or fp32), the bias added in fp32 before the result is rounded."""
 
-    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int,
-                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
-        library = _library("int4_vnni")
-        assert library is not None, "Int4Product made where int4_vnni_works is False"
-        self.function = library.int4_vnni_mm
-        self.N, self.K, self.group, self.dtype = packed.shape[0], packed.shape[1] * 2, group, dtype
-        bias = None if bias is None else bias.to(dtype).contiguous()
-        self.tensors = (packed, scales_and_zeros, bias)  # kept alive: the pointers below point into them
-        self.weights = (
-            packed.data_ptr(),
-            scales_and_zeros.data_ptr(),
-            group,
-            bias.data_ptr() if bias is not None else None,
-        )
+    library = ""
+
+    def __init__(self, N: int, K: int, tensors: tuple, weights: tuple, dtype: torch.dtype) -> None:
+        library = _library(self.library)
+        assert library is not None, f"{self.library} bound where it does not run"
+        self.function = getattr(library, LIBRARIES[self.library][2][0])
+        self.N, self.K, self.dtype = N, K, dtype
+        self.tensors = tensors  # kept alive: `weights` holds pointers into them
+        self.weights = weights
         self.bf16 = int(dtype == torch.bfloat16)
+
+    def scratch_bytes(self, rows: int) -> int:
+        raise NotImplementedError
 
     def __call__(self, x2d: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """`x2d` (rows, K) contiguous in `dtype`: (rows, N). `scratch`: at least `scratch_bytes` uint8, else
@@ -111,16 +115,36 @@ class Int4Product:
         rows = x2d.shape[0]
         out = torch.empty(rows, self.N, dtype=self.dtype)
         if scratch is None:
-            scratch = _working("int4", scratch_bytes(rows, self.K, self.group), torch.uint8)
+            scratch = _working(self.library, self.scratch_bytes(rows), torch.uint8)
         status = self.function(
             x2d.data_ptr(), rows, self.K, self.N, *self.weights, out.data_ptr(), self.bf16, torch.get_num_threads(),
             scratch.data_ptr(),
         )  # fmt: skip
         if status:
-            raise ValueError(
-                f"the int4 kernel takes no weight of shape {self.N}x{self.K} in groups of {self.group}"
-            )
+            raise ValueError(f"{self.library} takes no weight of shape {self.N}x{self.K}")
         return out
+
+
+def _pointer_of(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class Int4Product(_Product):
+    """A packed int4 weight (N, K/2) with its (K/group, N, 2) bf16 scales and zeros and `bias` (N,)."""
+
+    library = "int4_vnni"
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int,
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
+        bias = None if bias is None else bias.to(dtype).contiguous()
+        pointers = (packed.data_ptr(), scales_and_zeros.data_ptr(), group, _pointer_of(bias))
+        super().__init__(
+            packed.shape[0], packed.shape[1] * 2, (packed, scales_and_zeros, bias), pointers, dtype
+        )
+        self.group = group
+
+    def scratch_bytes(self, rows: int) -> int:
+        return scratch_bytes(rows, self.K, self.group)
 
 
 def int4_vnni_mm(
@@ -154,6 +178,54 @@ def _agrees() -> bool:
         scratch = torch.empty(scratch_bytes(rows, 256, 64), dtype=torch.uint8)
         got = int4_vnni_mm(x.to(dtype), packed, scales_and_zeros, 64, scratch).float()
         if not bool((got - expected).norm() <= AGREEMENT * expected.norm()):
+            return False
+    return True
+
+
+def int8_vnni_works(dtype: torch.dtype) -> bool:
+    """Whether the int8 kernel runs here for a model of `dtype` (bf16 or fp32) and gives the prompt path's
+    products (int8.py's `rounded_product`) bit for bit."""
+    return dtype in (torch.bfloat16, torch.float32) and _int8_agrees()
+
+
+def int8_vnni_fits(out_features: int, in_features: int) -> bool:
+    """Whether the int8 kernel takes a weight of this shape: rows in whole 64-byte loads, 16 rows at a time."""
+    return in_features % 64 == 0 and out_features % 16 == 0
+
+
+class Int8Product(_Product):
+    """An int8 weight (N, K) with its fp32 `scales` (N,), its rows' int32 sums `row_sums` (N,) and `bias`."""
+
+    library = "int8_vnni"
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, row_sums: torch.Tensor,
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
+        bias = None if bias is None else bias.to(dtype).contiguous()
+        tensors = (q.contiguous(), scales.float().contiguous(), row_sums.int().contiguous(), bias)
+        pointers = (*(t.data_ptr() for t in tensors[:3]), _pointer_of(bias))
+        super().__init__(q.shape[0], q.shape[1], tensors, pointers, dtype)
+
+    def scratch_bytes(self, rows: int) -> int:
+        return rows * (self.K + 4)
+
+
+@functools.cache
+def _int8_agrees() -> bool:
+    """The kernel against the prompt path on a random weight and bias, bit for bit, for 1 to 7 rows (all
+    three row groupings) in bf16 and fp32; False where it cannot be built or `torch._int_mm` fails."""
+    if _library("int8_vnni") is None:
+        return False
+    from .int8 import quantize_per_channel, rounded_product  # int8.py imports this module
+
+    if not int8_mm_works():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    q, scales = quantize_per_channel(torch.randn(32, 192, generator=generator))
+    bias = torch.randn(32, generator=generator)
+    for rows, dtype in ((1, torch.bfloat16), (2, torch.float32), (3, torch.bfloat16), (7, torch.float32)):
+        x = (torch.randn(rows, 192, generator=generator) * 3).to(dtype)
+        got = Int8Product(q, scales, q.sum(1, dtype=torch.int32), bias, dtype)(x)
+        if not torch.equal(got, rounded_product(x, q, scales, bias.to(dtype)).to(dtype)):
             return False
     return True
 

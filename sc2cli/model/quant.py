@@ -1,9 +1,7 @@
-"""Quantized matrix products: int8 and int4 weights, quantized from a loaded `nn.Linear` or rebuilt from the
-tensors a packed-weight cache stored (`state()` / `from_state`), so a model is quantized once per machine.
+"""Quantized matrix products: the `QuantizedLinear` they share, quantized from a loaded `nn.Linear` or
+rebuilt from the tensors a packed-weight cache stored (`state()` / `from_state`), so a model is quantized
+once per machine; and int4 weights (int8 ones: int8.py).
 
-- `DynamicInt8Linear`: int8 weights, one scale per output channel; activations quantized per row on the
-  fly and multiplied in int8 by fbgemm (x86 CPUs; VNNI where present).
-- `WeightOnlyInt8Linear`: the same int8 weights, bf16/fp16 activations (`aten._weight_int8pack_mm`).
 - `Int4Linear`: 4-bit weights with an fp scale and zero point per group of `INT4_GROUP` inputs, through
   PyTorch's own tinygemm kernels (`aten._weight_int4pack_mm_for_cpu` on CPUs, `_weight_int4pack_mm` on
   CUDA); on a CPU, a prompt's many rows may instead take its `prompt` path: the packed weight unpacked
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import warnings
 
 import torch
 from torch import nn
@@ -60,19 +57,6 @@ INT4_PROMPT_PATHS = ROLES["int4-prompt"]
 def block_rows(in_features: int) -> int:
     """Output rows quantized at once: about `QUANT_ELEMENTS` weights, a multiple of `PACK_BLOCK` rows."""
     return max(PACK_BLOCK, QUANT_ELEMENTS // in_features // PACK_BLOCK * PACK_BLOCK)
-
-
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one fp32 scale per output row: (int8 weight (N, K), scales (N,))."""
-    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
-    rows = block_rows(weight.shape[1])
-    for start in range(0, weight.shape[0], rows):
-        w = weight[start : start + rows].detach().to(torch.float32, copy=True)  # (n, K)
-        s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        q[start : start + rows] = w.div_(s[:, None]).round_().clamp_(-127, 127)
-        scales[start : start + rows] = s
-    return q, scales
 
 
 def quantize_int4(
@@ -209,69 +193,6 @@ class QuantizedLinear(nn.Module, abc.ABC):
     def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> QuantizedLinear: ...
 
 
-class DynamicInt8Linear(QuantizedLinear):
-    """fbgemm's dynamic int8 product; multiplies fp32, returns the input's dtype."""
-
-    kind = "int8-dynamic"
-
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        zero = torch.zeros(q.shape[0], dtype=torch.long)
-        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
-            warnings.simplefilter("ignore")
-            qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
-        self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.float())
-        # 8-bit activations are exact in VNNI's int32 accumulation; older x86 needs 7 bits to avoid overflow
-        self.reduce_range = not getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> DynamicInt8Linear:
-        q, scales = quantize_per_channel(linear.weight)
-        return cls(q, scales, None if linear.bias is None else linear.bias.detach())
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """Unpacked from fbgemm's layout (only the packed copy is kept in memory)."""
-        qweight, bias = torch.ops.quantized.linear_unpack(self.packed)
-        tensors = {"q": qweight.int_repr(), "scales": qweight.q_per_channel_scales().float()}
-        return tensors | ({} if bias is None else {"bias": bias})
-
-    @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> DynamicInt8Linear:
-        return cls(state["q"], state["scales"], state.get("bias"))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
-
-
-class WeightOnlyInt8Linear(QuantizedLinear):
-    """int8 weights times bf16/fp16 activations."""
-
-    kind = "int8-weight-only"
-
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.q, self.scales, self.bias = q, scales, bias
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> WeightOnlyInt8Linear:
-        q, scales = quantize_per_channel(linear.weight)
-        bias = None if linear.bias is None else linear.bias.detach()
-        return cls(q, scales.to(linear.weight.dtype), bias)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"q": self.q, "scales": self.scales} | ({} if self.bias is None else {"bias": self.bias})
-
-    @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], dtype: torch.dtype) -> WeightOnlyInt8Linear:
-        return cls(state["q"], state["scales"], state.get("bias"))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.q, self.scales.to(x.dtype))
-        out = out.reshape(*shape[:-1], -1)
-        return out + self.bias if self.bias is not None else out
-
-
 class Int4Linear(QuantizedLinear):
     """4-bit weights, a scale and zero per group of `INT4_GROUP` inputs; the activations are multiplied in
     the scales' dtype (the model's on a CPU, bf16 on CUDA) and returned in their own. `prompt` is the path
@@ -378,8 +299,3 @@ def _group_of(state: dict[str, torch.Tensor]) -> int:
     packed, groups = state["packed"], state["scales_and_zeros"].shape[0]
     in_features = packed.shape[1] * 2 if packed.dim() == 2 else packed.shape[1] * INT4_INNER_K_TILES * 16
     return in_features // groups
-
-
-KINDS: dict[str, type[QuantizedLinear]] = {
-    cls.kind: cls for cls in (DynamicInt8Linear, WeightOnlyInt8Linear, Int4Linear)
-}

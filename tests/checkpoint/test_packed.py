@@ -170,7 +170,7 @@ def test_quantizing_peaks_near_the_bf16_weights(tmp_path, quantize):
     bf16_bytes = ModelConfig.from_dict(config).weight_bytes(2)
     warm_up = (  # the quantizers' code and buffers, before measuring
         "from sc2cli.checkpoint.load import load_checkpoint\n"
-        "from sc2cli.model.quant import Int4Linear, WeightOnlyInt8Linear\n"
+        "from sc2cli.model.int8 import WeightOnlyInt8Linear\nfrom sc2cli.model.quant import Int4Linear\n"
         "small = torch.nn.Linear(256, 256).bfloat16()\n"
         "Int4Linear.from_linear(small), WeightOnlyInt8Linear.from_linear(small)"
     )

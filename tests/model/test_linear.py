@@ -11,7 +11,9 @@ import sc2cli
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.errors import InputError
 from sc2cli.model import native, onednn
+from sc2cli.model.int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear, quantize_per_channel
 from sc2cli.model.linear import (
+    KINDS,
     OneDnnLinear,
     Scratch,
     UpcastLinear,
@@ -19,15 +21,7 @@ from sc2cli.model.linear import (
     plan_kernels,
     prepare,
 )
-from sc2cli.model.quant import (
-    KINDS,
-    DynamicInt8Linear,
-    Int4Linear,
-    QuantizedLinear,
-    WeightOnlyInt8Linear,
-    quantize_int4,
-    quantize_per_channel,
-)
+from sc2cli.model.quant import Int4Linear, QuantizedLinear, quantize_int4
 
 from ..checkpoints import write_tiny_model
 
@@ -187,7 +181,9 @@ def test_weight_only_int8_is_close_to_fp32():
     assert relative_error(WeightOnlyInt8Linear.from_linear(linear)(x), fp32_reference(linear, x)) < 0.02
 
 
-@pytest.mark.parametrize("kind", [pytest.param("int8-dynamic", marks=no_fbgemm), "int8-weight-only", "int4"])
+@pytest.mark.parametrize(
+    "kind", [pytest.param("int8-dynamic", marks=no_fbgemm), "int8-weight-only", "int8-vnni", "int4"]
+)
 def test_a_quantized_layer_rebuilt_from_its_state_computes_the_same(kind):
     linear = layer(torch.bfloat16, 128, 256)
     made = KINDS[kind].from_linear(linear)
@@ -203,7 +199,7 @@ def test_quantizing_keeps_embeddings_and_norms_in_full_precision(tmp_path, quant
     model = load_checkpoint(folder, quantize=quantize, dtype="bf16", device="cpu")
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16 == model.model.norm.weight.dtype
-    expected = Int4Linear if quantize == "int4" else (DynamicInt8Linear, WeightOnlyInt8Linear)
+    expected = Int4Linear if quantize == "int4" else (DynamicInt8Linear, WeightOnlyInt8Linear, VnniInt8Linear)
     assert isinstance(model.model.layers[0].mlp.c_fc, expected)
     assert isinstance(model.lm_head, QuantizedLinear)  # its own copy: a vocabulary of 300 rows takes int8
     reference = sc2cli.load_model(folder, dtype="fp32", device="cpu")
@@ -213,7 +209,13 @@ def test_quantizing_keeps_embeddings_and_norms_in_full_precision(tmp_path, quant
     assert relative_error(a, b) < (0.05 if quantize == "int8" else 0.3)  # random weights: ~10% per int4 layer
 
 
-@pytest.mark.parametrize("path", [pytest.param("dynamic", marks=no_fbgemm), "weight-only"])
+no_int8_kernel = pytest.mark.skipif(not native.int8_vnni_works(torch.bfloat16), reason="no int8 kernel here")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param("dynamic", marks=no_fbgemm), "weight-only", pytest.param("vnni", marks=no_int8_kernel)],
+)
 def test_forced_int8_path_is_the_one_used(tmp_path, monkeypatch, path):
     folder = write_tiny_model(tmp_path / "m", seed=2)
     monkeypatch.setenv("SC2_KERNELS", f"int8={path}")

@@ -1,0 +1,129 @@
+"""int8.py's `VnniInt8Linear` and native.py's int8 kernel: the kernel's rows equal the prompt path's bit for
+bit (the same rounding of the rows, exact int32 sums, the same fp32 steps), so a row comes out the same
+whichever path, and whatever rows come with it; close to the exact product; rebuilt from its stored state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sc2cli
+from sc2cli.model import native
+from sc2cli.model.int8 import INT8_PROMPT_ROWS, VnniInt8Linear, quantize_per_channel, rounded_product
+from sc2cli.model.linear import KINDS, plan_kernels
+
+from .test_native import assert_drafts_change_no_greedy_token, write_small_checkpoint
+
+needs_kernel = pytest.mark.skipif(
+    not native.int8_vnni_works(torch.bfloat16), reason="no int8 kernel here (AVX-512 VNNI and a C compiler)"
+)
+
+
+def int8_layer(n, k, seed=0, bias=True, dtype=torch.bfloat16):
+    g = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(n, k, generator=g) * 0.05)
+        if bias:
+            linear.bias.copy_(torch.randn(n, generator=g))
+    return VnniInt8Linear.from_linear(linear.to(dtype))
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, INT8_PROMPT_ROWS - 1),
+    shape=st.sampled_from([(16, 64), (48, 128), (32, 320)]),
+    dtype=st.sampled_from([torch.bfloat16, torch.float32]),
+    bias=st.booleans(),
+    scale=st.sampled_from([1e-3, 1.0, 300.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_kernel_gives_the_prompt_paths_rows_bit_for_bit(rows, shape, dtype, bias, scale, seed):
+    layer = int8_layer(*shape, seed=seed % 7, bias=bias, dtype=dtype)
+    assert layer.product is not None
+    x = (torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+    x[0, : seed % 5] = 0  # ties and zeros among the rounded values
+    expected = rounded_product(x, layer.q, layer.scales, layer.bias).to(dtype)
+    assert torch.equal(layer.product(x), expected)
+
+
+@needs_kernel
+def test_a_row_is_the_same_alone_with_drafts_or_in_a_prompt():
+    layer = int8_layer(48, 128, seed=1)
+    x = torch.randn(INT8_PROMPT_ROWS + 4, 128, generator=torch.Generator().manual_seed(3)).bfloat16()
+    alone = torch.cat([layer(row[None]) for row in x])
+    assert torch.equal(layer(x[:4]), alone[:4])  # a token and three drafts: the kernel
+    assert torch.equal(layer(x), alone)  # a prompt's rows: torch._int_mm
+
+
+def test_the_product_errs_only_by_rounding_rows_and_weights_to_int8():
+    layer = int8_layer(64, 256, seed=2, dtype=torch.float32)
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(4))
+    exact = x.double() @ (layer.q.double() * layer.scales.double()[:, None]).t() + layer.bias.double()
+    got = layer(x).double()
+    assert (got - exact).norm() < 0.01 * exact.norm()  # the rows' rounding: ~1/254 of each row's largest
+    weight = torch.randn(64, 256, generator=torch.Generator().manual_seed(2)) * 0.05
+    q, scales = quantize_per_channel(weight)
+    assert torch.equal(q, layer.q) and torch.equal(scales, layer.scales)
+
+
+def test_a_shape_the_kernel_does_not_take_and_a_row_of_zeros_take_the_prompt_path():
+    layer = int8_layer(40, 128, seed=5)  # 40 rows: not whole blocks of 16
+    assert layer.product is None
+    x = torch.zeros(2, 128).bfloat16()
+    assert torch.equal(layer(x), layer.bias.expand(2, -1))
+
+
+def test_rebuilt_from_its_stored_state_it_computes_the_same_without_summing_again(monkeypatch):
+    layer = int8_layer(48, 128, seed=6)
+    state = {k: v.clone() for k, v in layer.state().items()}
+    assert set(state) == {"q", "scales", "row_sums", "bias"}
+    assert torch.equal(state["row_sums"], layer.q.sum(1, dtype=torch.int32))
+    again = KINDS["int8-vnni"].from_state(state, torch.bfloat16)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(7)).bfloat16()
+    assert torch.equal(again(x), layer(x))
+    assert layer.weight_bytes < 48 * 128 * 2 * 0.6
+
+
+@needs_kernel
+def test_the_self_check_fails_a_kernel_that_disagrees(monkeypatch):
+    native._int8_agrees.cache_clear()
+    real = native.Int8Product.__call__
+    monkeypatch.setattr(native.Int8Product, "__call__", lambda self, x, s=None: real(self, x, s) * 1.0001)
+    try:
+        assert not native._int8_agrees()
+    finally:
+        native._int8_agrees.cache_clear()
+
+
+def test_the_plan_offers_the_kernel_only_where_it_runs(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    measured = []
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "vnni"
+    )
+    plan = plan_kernels([(128, 256)], "int8", torch.device("cpu"), torch.bfloat16, "auto", remember=False)
+    works = native.int8_vnni_works(torch.bfloat16)
+    assert ("vnni" in measured[0]) == works
+    assert plan[(128, 256)]["int8"] == ("vnni" if works else measured[0][0])
+    assert not native.int8_vnni_works(torch.float16)  # the kernel reads bf16 or fp32 rows only
+
+
+@needs_kernel
+def test_a_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(tmp_path, monkeypatch):
+    folder = write_small_checkpoint(tmp_path / "m")
+    monkeypatch.setenv("SC2_KERNELS", "int8=vnni")
+    model = sc2cli.load_model(folder, dtype="bf16", device="cpu", attn="sdpa", quantize="int8")
+    layers = [m for m in model.modules() if isinstance(m, VnniInt8Linear)]
+    assert layers and all(m.product is not None for m in layers)  # 128, 256 and 208 rows: whole blocks
+    assert "int8-vnni" in model.kernels
+    assert_drafts_change_no_greedy_token(model, seed=8)
+    reference = sc2cli.load_model(folder, dtype="fp32", device="cpu", attn="sdpa")
+    ids = torch.randint(10, 200, (1, 20), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        got, want = model(ids).float(), reference(ids)
+    assert (got - want).norm() < 0.05 * want.norm()
