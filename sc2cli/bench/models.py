@@ -149,7 +149,7 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-folder, dtype = sys.argv[1], sys.argv[2]
+folder, dtype, quantize = sys.argv[1:4]
 {load}
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_growth": hwm() - before}}))
@@ -160,12 +160,15 @@ from sc2cli.model.model import Starcoder2
 with torch.device("meta"):
     Starcoder2(ModelConfig(num_hidden_layers=1))
 before = rss(); start = time.perf_counter()
-sc2cli.load_model(folder, dtype=dtype, device="cpu")
+sc2cli.load_model(folder, dtype=dtype, device="cpu", quantize=quantize)
 """
 
 
-def measure_load(folder: Path, engines: list[str], dtype: str, runs: int = 1) -> dict[str, dict[str, float]]:
-    """Load time and peak memory growth, each engine in fresh processes (page cache warmed first)."""
+def measure_load(
+    folder: Path, engines: list[str], dtype: str, runs: int = 1, quantize: str = "none"
+) -> dict[str, dict[str, float]]:
+    """Load time and peak memory growth, each engine in fresh processes (page cache warmed first); sc2's
+    with `quantize` (from the packed-weight cache, when an earlier load wrote it)."""
     for f in folder.glob("*.safetensors"):
         with open(f, "rb") as handle:
             while handle.read(64 << 20):
@@ -175,7 +178,7 @@ def measure_load(folder: Path, engines: list[str], dtype: str, runs: int = 1) ->
         samples = []
         for _ in range(runs):
             result = subprocess.run(
-                [sys.executable, "-c", LOAD_SCRIPT.format(load=_load_body(engine)), str(folder), dtype],
+                [sys.executable, "-c", LOAD_SCRIPT.format(load=_load_body(engine)), str(folder), dtype, quantize],
                 capture_output=True, text=True, check=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
             )  # fmt: skip
             samples.append(json.loads(result.stdout.strip().splitlines()[-1]))

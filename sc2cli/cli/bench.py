@@ -73,7 +73,8 @@ def bench(
 
 
 def _bench_load(report, options, checkpoint_dtype: str, log) -> None:
-    """Load time and peak RSS from disk, ours and (with --vs) transformers', in fresh processes."""
+    """Load time and peak RSS from disk, ours and (with --vs) transformers', in fresh processes; with
+    --quantize, sc2's quantized loads too (the first may quantize, the second reads the packed weights)."""
     from ..bench import measure_load, random_checkpoint
     from ..checkpoint.layout import read_config
     from ..checkpoint.open import resolve_model
@@ -87,6 +88,12 @@ def _bench_load(report, options, checkpoint_dtype: str, log) -> None:
     for engine, figures in measure_load(folder, engines, dtype).items():
         report.add("load_s", engine, round(figures["load_s"], 2))
         report.add("load_peak_rss_growth_gb", engine, round(figures["peak_rss_growth_gb"], 2))
+    if options.quantize != "none":  # the first load quantizes and writes the packed-weight cache, if absent
+        for when in ("first", "second"):
+            figures = measure_load(folder, ["sc2"], dtype, quantize=options.quantize)["sc2"]
+            report.add(f"load_{options.quantize}_{when}_s", "sc2", round(figures["load_s"], 2))
+            peak = round(figures["peak_rss_growth_gb"], 2)
+            report.add(f"load_{options.quantize}_{when}_peak_rss_growth_gb", "sc2", peak)
     report.setup["bf16_weight_gb"] = round(read_config(folder).weight_bytes(2) / 1e9, 2)
     log("load: " + ", ".join(f"{k} {v}" for k, v in report.results["load_s"].items()) + " s")
 

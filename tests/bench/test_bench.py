@@ -59,6 +59,19 @@ def test_cli_json_and_load_measurement(folder, capsys):
     assert done.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["results"]["load_s"]["sc2"] > 0 and report["results"]["load_peak_rss_growth_gb"]["sc2"] >= 0
+    assert "load_int8_second_s" not in report["results"]
+
+
+def test_load_measurement_of_a_quantized_model_reads_the_packed_weights_the_second_time(
+    folder, tmp_path, monkeypatch
+):
+    from sc2cli.bench import measure_load
+
+    monkeypatch.setenv("SC2_CACHE_DIR", str(tmp_path / "cache"))
+    first = measure_load(folder, ["sc2"], "bf16", quantize="int4")["sc2"]
+    assert len(list((tmp_path / "cache" / "packed").glob("*.safetensors"))) == 1
+    second = measure_load(folder, ["sc2"], "bf16", quantize="int4")["sc2"]
+    assert first["load_s"] > 0 and second["load_s"] > 0 and second["peak_rss_growth_gb"] >= 0
 
 
 def test_vs_transformers_needs_the_reference_registered(folder, capsys, monkeypatch):
