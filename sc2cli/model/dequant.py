@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -188,6 +189,9 @@ def unpacked_product(
     return out
 
 
+Unpack = Callable[[torch.Tensor, tuple[int, int], torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
 def int8_product(
     x2d: torch.Tensor,
     packed: torch.Tensor,
@@ -195,13 +199,16 @@ def int8_product(
     row_scales: torch.Tensor,
     layout: Layout,
     scratch: UnpackScratch,
+    unpack: Unpack | None = None,
 ) -> torch.Tensor:
     """`x2d` (rows, K) times the packed weight in int8: (rows, N) in the scales' dtype. Each row of `x2d` is
     quantized to int8 with its own scale (max |x| / 127); each chunk of the weight is unpacked into int8 as
     (code - 8) * multiplier (its group's scale over its row's `row_scales`: whole, at most 16, checked by
     `multipliers_exact`) and multiplied by `torch._int_mm` (exact int32 sums; VNNI where the CPU has it).
     The zeros' part, sum over groups of zero * (the group's sum of x), is one small fp32 product on the
-    unquantized rows, so the only rounding beyond fp32's is that of the rows to int8."""
+    unquantized rows, so the only rounding beyond fp32's is that of the rows to int8. `unpack` (native.py's
+    `unpack_int8`, for `layout`'s whole blocks): the same weights in one pass, rows in their own order (the
+    same products bit for bit; 3B shapes at 512 rows: ~10% of the time saved)."""
     rows, K = x2d.shape
     groups = scales_and_zeros.shape[0]
     x = x2d.to(torch.float32, copy=True)  # (rows, K), scaled in place below: never the caller's
@@ -209,6 +216,15 @@ def int8_product(
     x8, x_scale = round_rows(x)  # (rows, K) in -127..127; x_scale (rows, 1)
     for span in chunks(packed.shape[0], K, layout, INT8_CHUNK_ELEMENTS):
         n = span[1] - span[0]
+        if unpack is not None and span[2] == layout:
+            start, end = span[:2]
+            multipliers = scales_and_zeros[:, start:end, 0].float().div_(row_scales[start:end]).round_()
+            weight = unpack(packed, (start, end), multipliers.to(torch.int8), K // groups,
+                            scratch.take("weight8", (K, n), torch.int8))  # fmt: skip
+            product = scratch.take("scaled", (rows, n), torch.float32)
+            torch.mul(torch._int_mm(x8, weight), x_scale, out=product)
+            out[:, start:end].add_(product.mul_(row_scales[start:end]))
+            continue
         weight = _codes(packed, span, scratch).view(torch.int8).sub_(8)  # (K, 2, n/2)
         multipliers = _in_column_order(scales_and_zeros[..., 0], span).to(torch.float32, copy=True)
         row_scale = _in_column_order(row_scales[None], span)  # (1, 2, n/2)

@@ -163,3 +163,31 @@ int int4_vnni_mm(const void *x, int M, int K, int N, const uint8_t *packed, cons
     }
     return 0;
 }
+
+/* Rows [n0, n0 + n) of the packed weight (N rows, whole 64-row blocks from n0) as int8 weights for a
+   prompt's int8 product (dequant.py's `int8_product`): out (K, n), rows in their own order, each
+   (code - 8) * multipliers[g * n + row - n0], the group's scale over the row's (1..16: the product fits
+   in int8). One pass over the block's bytes, each thread its own blocks (columns of out). */
+int int4_unpack_int8(const uint8_t *packed, int K, int N, int n0, int n, const int8_t *multipliers, int group,
+                     int8_t *out, int threads) {
+    if (n0 % BLOCK || n % BLOCK || n0 + n > N || group % 16 || K % group) return -1;
+    const __m256i nibble = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int b = 0; b < n / BLOCK; b++) {
+        const uint8_t *block = packed + (size_t)(n0 / BLOCK + b) * K * (BLOCK / 2);
+        for (int k = 0; k < K; k++) {
+            __m256i bytes = _mm256_loadu_si256((const __m256i *)(block + (size_t)k * (BLOCK / 2)));
+            __m256i low = _mm256_sub_epi8(_mm256_and_si256(bytes, nibble), eight); /* rows 0..31 */
+            __m256i high = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble), eight);
+            const int8_t *m = multipliers + (size_t)(k / group) * n + b * BLOCK;
+            __m512i m_low = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)m));
+            __m512i m_high = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(m + 32)));
+            __m512i p_low = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(low), m_low);
+            __m512i p_high = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(high), m_high);
+            int8_t *row = out + (size_t)k * n + b * BLOCK;
+            _mm256_storeu_si256((__m256i *)row, _mm512_cvtepi16_epi8(p_low));
+            _mm256_storeu_si256((__m256i *)(row + 32), _mm512_cvtepi16_epi8(p_high));
+        }
+    }
+    return 0;
+}

@@ -35,17 +35,18 @@ from pathlib import Path
 import torch
 
 from ..folders import cache_folder, owned_by_user
-from .dequant import Layout, cpu_layout, int8_mm_works
+from .dequant import Layout, UnpackScratch, cpu_layout, int8_mm_works, int8_product
 
 _pointer, _int = ctypes.c_void_p, ctypes.c_int
-# Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), its function
-# and that function's result and arguments.
+# Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), and its
+# functions, each with its result and arguments.
 LIBRARIES = {
     "int4_vnni": (
         ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mfma"),
         ("avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"),
         ("int4_vnni_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _int, _pointer, _pointer, _int,
                                 _int, _pointer]),
+        ("int4_unpack_int8", _int, [_pointer, _int, _int, _int, _int, _pointer, _int, _pointer, _int]),
     ),
     "int8_vnni": (  # fp32 steps in the prompt path's order: no contracting into fused multiply-adds
         ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma", "-ffp-contract=off"),
@@ -160,17 +161,37 @@ def int4_vnni_mm(
     return Int4Product(packed, scales_and_zeros, group, bias, x2d.dtype)(x2d.contiguous(), scratch)
 
 
+def unpack_int8(
+    packed: torch.Tensor, span: tuple[int, int], multipliers: torch.Tensor, group: int, out: torch.Tensor
+) -> torch.Tensor:
+    """Rows [start, end) of a packed int4 weight (`LAYOUT`, whole blocks) into `out` (K, end - start) int8,
+    rows in their own order: (code - 8) * `multipliers` (K/group, end - start) int8, in one pass (the
+    unpacking int8 prompts need, dequant.py; what `_codes` and four PyTorch operations do, in order
+    (nibble, byte))."""
+    library = _library("int4_vnni")
+    assert library is not None, "unpack_int8 called where int4_vnni_works is False"
+    (start, end), (N, K) = span, (packed.shape[0], packed.shape[1] * 2)
+    status = library.int4_unpack_int8(
+        packed.data_ptr(), K, N, start, end - start, multipliers.data_ptr(), group, out.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status:
+        raise ValueError(f"cannot unpack rows {start}..{end} of {N}x{K} in groups of {group}")
+    return out
+
+
 @functools.cache
 def _agrees() -> bool:
     """The kernel against tinygemm on a random weight with several row counts (the layout is checked, not
-    assumed); False where it cannot be built."""
+    assumed), and its unpacking for prompts against PyTorch's operations, bit for bit; False where it
+    cannot be built."""
     if _library("int4_vnni") is None:
         return False
     from .quant import quantize_and_pack_int4  # quant.py imports this module
 
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(128, 256, generator=generator) * 0.02
-    packed, scales_and_zeros, _ = quantize_and_pack_int4(weight, 64)
+    packed, scales_and_zeros, row_scales = quantize_and_pack_int4(weight, 64)
     scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
     for rows, dtype in ((1, torch.bfloat16), (5, torch.float32)):
         x = torch.randn(rows, 256, generator=generator).to(torch.bfloat16)
@@ -179,6 +200,10 @@ def _agrees() -> bool:
         got = int4_vnni_mm(x.to(dtype), packed, scales_and_zeros, 64, scratch).float()
         if not bool((got - expected).norm() <= AGREEMENT * expected.norm()):
             return False
+    if int8_mm_works():
+        x = torch.randn(20, 256, generator=generator).to(torch.bfloat16)
+        prompt = (x, packed, scales_and_zeros, row_scales, LAYOUT, UnpackScratch())
+        return torch.equal(int8_product(*prompt), int8_product(*prompt, unpack_int8))
     return True
 
 
@@ -364,7 +389,7 @@ def _library(name: str) -> ctypes.CDLL | None:
     """The compiled library `name` (`LIBRARIES`; its source is name.c beside this module), built on first
     use; None where this CPU lacks its instructions or it cannot be built or trusted."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    _, cpu_flags, (function, result, arguments) = LIBRARIES[name]
+    _, cpu_flags, *functions = LIBRARIES[name]
     if not _cpu_has(cpu_flags) or compiler is None:
         return None
     path = library_path(compiler, name)
@@ -381,8 +406,9 @@ def _library(name: str) -> ctypes.CDLL | None:
             library = ctypes.CDLL(str(path))
         except OSError:
             return None
-    getattr(library, function).restype = result
-    getattr(library, function).argtypes = arguments
+    for function, result, arguments in functions:
+        getattr(library, function).restype = result
+        getattr(library, function).argtypes = arguments
     return library
 
 

@@ -277,7 +277,12 @@ class Int4Linear(QuantizedLinear):
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
         prompt = self._prompt(len(x2d))
         if prompt and self.layout is not None and self.prompt == "int8":
-            return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch)
+            unpack = (
+                native.unpack_int8
+                if self.layout == native.LAYOUT and native.int4_vnni_works(sz.dtype)
+                else None
+            )
+            return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch, unpack)
         if prompt and self.layout is not None:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
             return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)

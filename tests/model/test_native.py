@@ -16,7 +16,14 @@ from sc2cli.completion.generate import generate
 from sc2cli.completion.speculate import Speculation
 from sc2cli.model import native
 from sc2cli.model.linear import plan_kernels
-from sc2cli.model.quant import INT4_PROMPT_ROWS, Int4Linear, pack_int4, quantize_int4
+from sc2cli.model.quant import (
+    INT4_INT8_PROMPT_ROWS,
+    INT4_PROMPT_ROWS,
+    Int4Linear,
+    pack_int4,
+    quantize_and_pack_int4,
+    quantize_int4,
+)
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 from .test_dequant import assert_within_int8_rounding
@@ -129,6 +136,54 @@ def test_rows_of_a_prompt_take_the_prompt_path_not_the_kernel(monkeypatch):
     layer(torch.randn(INT4_PROMPT_ROWS - 1, 64).bfloat16())
     layer(torch.randn(INT4_PROMPT_ROWS, 64).bfloat16())  # tinygemm: this layer's prompt path
     assert calls == [3, INT4_PROMPT_ROWS - 1]
+
+
+@needs_kernel
+@pytest.mark.parametrize("span", [(0, 64), (64, 192), (0, 256)])
+def test_unpacking_for_prompts_gives_each_weight_as_an_int8_number(span):
+    """(code - 8) times its group's whole multiple of the row's scale, rows in their own order."""
+    weight = torch.randn(256, 192, generator=torch.Generator().manual_seed(11)) * 0.05
+    codes, scales_and_zeros, row_scales = quantize_int4(weight)
+    multipliers = (scales_and_zeros[..., 0] / row_scales).round()  # (G, N), whole numbers 1..16
+    start, end = span
+    chunk = multipliers[:, start:end].to(torch.int8).contiguous()
+    out = torch.empty(192, end - start, dtype=torch.int8)
+    got = native.unpack_int8(pack_int4(codes), span, chunk, 64, out)
+    want = (codes[start:end] - 8) * multipliers[:, start:end].repeat_interleave(64, 0).t()  # (n, K)
+    assert torch.equal(got, want.t().to(torch.int8))
+    with pytest.raises(ValueError, match="cannot unpack"):
+        native.unpack_int8(pack_int4(codes), (32, 96), chunk, 64, out)  # not whole blocks
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(256, 128), (208, 192), (48, 64)], ids=str)
+@pytest.mark.parametrize("per_block", [False, True], ids=["one-chunk", "a-block-per-chunk"])
+def test_prompts_in_int8_come_out_the_same_unpacked_here_or_by_pytorch(shape, per_block, monkeypatch):
+    from sc2cli.model import dequant
+
+    if per_block:
+        monkeypatch.setattr(dequant, "INT8_CHUNK_ELEMENTS", 1)
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(12)) * 0.05
+    packed, scales_and_zeros, row_scales = quantize_and_pack_int4(weight)
+    scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
+    x = torch.randn(
+        INT4_INT8_PROMPT_ROWS + 3, shape[1], generator=torch.Generator().manual_seed(13)
+    ).bfloat16()
+    prompt = (x, packed, scales_and_zeros, row_scales, native.LAYOUT, dequant.UnpackScratch())
+    assert torch.equal(dequant.int8_product(*prompt), dequant.int8_product(*prompt, native.unpack_int8))
+    layer = Int4Linear(packed, scales_and_zeros, None, shape[1], row_scales)
+    assert layer.use_prompt_path("int8") == "int8"
+    calls = []
+    monkeypatch.setattr(native, "unpack_int8", lambda *a: calls.append(a[1]) or native_unpack(*a))
+    assert torch.equal(layer(x), dequant.int8_product(*prompt).to(torch.bfloat16))
+    assert calls == [
+        (a, b)
+        for a, b, layout in dequant.chunks(shape[0], shape[1], native.LAYOUT, dequant.INT8_CHUNK_ELEMENTS)
+        if layout == native.LAYOUT
+    ]
+
+
+native_unpack = native.unpack_int8
 
 
 @pytest.fixture
