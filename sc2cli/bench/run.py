@@ -162,6 +162,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
             "kernels": kernels,
             "attn": model.attn_backend,
             "one_token_attention": model.single_query,
+            "prompt_attention": model.prompt_attention,
             "row_costs": model.row_costs,
             "torch": torch.__version__,
             "parameters_b": round(model.config.num_parameters() / 1e9, 3),

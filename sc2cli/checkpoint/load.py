@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..model.attention import plan_single_query, select_backend
+from ..model.attention import plan_prompt_attention, plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
 from ..model.kernels import ROLES
 from ..model.linear import (
@@ -249,13 +249,16 @@ def load_checkpoint(
 def choose_run_paths(model: Starcoder2, backend: str, kernels: str | None = None) -> str:
     """What is measured on the model as loaded, its weights in place (before them, the probes' freed
     buffers raised glibc's mmap threshold, and freed weights' pages then stayed: +50% peak memory while
-    loading): one token's attention path, and the cost curve that sizes speculative drafts. Returns a note
+    loading): one token's attention path and a prompt's, and the cost curve that sizes speculative drafts. Returns a note
     for the kernels' description."""
     config, device, dtype = model.config, model.device, model.dtype
     measure = config.weight_bytes(dtype.itemsize) >= PROBE_MIN_BYTES
-    model.set_attention(backend, plan_single_query(config, backend, device, dtype, kernels, measure))
+    one = plan_single_query(config, backend, device, dtype, kernels, measure)
+    model.set_attention(backend, one, plan_prompt_attention(config, backend, device, dtype, kernels, measure))
     model.row_costs = model_row_costs(model)
-    return f"; one-token attention {model.single_query}" if model.single_query != "fused" else ""
+    notes = [f"one-token attention {one}"] if one != "fused" else []
+    notes += [f"prompt attention {model.prompt_attention}"] if model.prompt_attention != "fused" else []
+    return "".join(f"; {note}" for note in notes)
 
 
 def load_quantized(

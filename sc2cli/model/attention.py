@@ -132,6 +132,8 @@ SINGLE_QUERY = ("fused", "grouped", "native")  # how a one-token call runs under
 # go through the backend at once.
 FEW_ROWS = 8
 PROBE_KEYS = 1024  # keys the single-query paths are timed over
+PROBE_PROMPT = 512  # tokens the prompt paths are timed over
+NATIVE_SCORES = 4 << 20  # fp32 scores sc2's kernel holds for one call's rows (16 MB)
 
 
 def flash_available() -> bool:
@@ -156,37 +158,50 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
     return requested
 
 
-def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
-    """A token, or a token and its drafts, through sc2's own kernel (native.py: the grouped maths in
-    AVX512-BF16 dot products and fp32, reading the bf16 cache in place), all rows in one call, each over
-    the keys that token alone would get; calls it does not take (several sequences, no cache) go row by
-    row through `grouped_attention`, so a token's path never depends on the drafts beside it."""
+def native_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility, unfit: AttentionFn | None = None
+) -> torch.Tensor:
+    """Rows of queries through sc2's own kernel (native.py: the grouped maths in AVX512-BF16 dot products
+    and fp32, reading the bf16 cache in place), each over the keys that token alone would get, so a row
+    comes out the same alone, with drafts or in a prompt; a prompt's rows in calls of at most
+    `NATIVE_SCORES` scores. Calls it does not take (several sequences, no cache layout) go to `unfit`, by
+    default row by row through `grouped_attention`, so a token's path never depends on the drafts beside
+    it."""
     if not native.attention_one_fits(q, k, v):
-        return _row_by_row(grouped_attention, q, k, v, vis)
+        return unfit(q, k, v, vis) if unfit else _row_by_row(grouped_attention, q, k, v, vis)
     keys = []
     for position in range(vis.q_start, vis.q_start + q.shape[2]):
         first = max(vis.k_start, first_visible_key(position, vis.window))
         keys.append((first - vis.k_start, position + 1 - first))
-    return native.attention_one(q, k, v, keys)
+    step = max(1, NATIVE_SCORES // (q.shape[1] * max(count for _, count in keys)))
+    if step >= len(keys):
+        return native.attention_one(q, k, v, keys)
+    parts = [
+        native.attention_one(q[:, :, i : i + step], k, v, keys[i : i + step])
+        for i in range(0, len(keys), step)
+    ]
+    return torch.cat(parts, dim=2)
 
 
-def attention_function(backend: str, single_query: str = "fused") -> AttentionFn:
+def attention_function(backend: str, single_query: str = "fused", prompt: str = "fused") -> AttentionFn:
     """The backend's function, but calls of up to `FEW_ROWS` new tokens (decode and its drafts) take each
     row as a call of its own, over the keys that token alone would be given (a kernel's rows differ with the
     number of queries and keys, the fused one's and BLAS's alike), through `grouped_attention` with
-    `single_query="grouped"`, or all in one call of sc2's kernel with `"native"` (`native_attention`).
+    `single_query="grouped"`, or all in one call of sc2's kernel with `"native"` (`native_attention`); and
+    a prompt's rows through sc2's kernel with `prompt="native"` (the backend's where it does not fit).
     flash-attn is left as it is."""
     attend = _FUNCTIONS[backend]
     if backend == "flash":
         return attend
     one = {"grouped": grouped_attention, "native": native_attention}.get(single_query, attend)  # a lone token
     few = native_attention if single_query == "native" else functools.partial(_row_by_row, one)
+    many = functools.partial(native_attention, unfit=attend) if prompt == "native" else attend
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
         T = q.shape[2]
         if T == 1:
             return one(q, k, v, vis)
-        return (few if T <= FEW_ROWS else attend)(q, k, v, vis)
+        return (few if T <= FEW_ROWS else many)(q, k, v, vis)
 
     return run
 
@@ -223,29 +238,65 @@ def plan_single_query(
     agrees (native.py). `measure=False` (models too small to matter) keeps `fused` and compiles nothing
     unless forced, so a tiny model runs one attention kernel whatever the number of new tokens (its
     near-flat logits would otherwise pick other tokens when a warm cache splits a prompt differently)."""
+    candidates = functools.partial(_candidates, 1)
+    return _plan(
+        "attention", ["fused", "grouped"], candidates, config, backend, device, dtype, kernels, measure
+    )
+
+
+def plan_prompt_attention(
+    config: ModelConfig,
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    kernels: str | None = None,
+    measure: bool = True,
+) -> str:
+    """How a prompt's many rows attend (role `prompt-attention`, chosen as `plan_single_query` chooses):
+    `fused` (PyTorch's kernel) or `native` (sc2's one-token kernel, row by row in few calls: 3B heads, 2
+    threads, AMD Zen 5: 512 causal tokens in 10 ms against 20, 2,048 in 130 against 190; each row then
+    the same as that token decoded alone)."""
+    candidates = functools.partial(_candidates, PROBE_PROMPT)
+    return _plan("prompt-attention", ["fused"], candidates, config, backend, device, dtype, kernels, measure)
+
+
+def _plan(
+    role: str,
+    stock: list[str],
+    candidates: Callable[..., dict[str, Callable]],
+    config: ModelConfig,
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    kernels: str | None,
+    measure: bool,
+) -> str:
+    """`role`'s path among `stock` and, for bf16 where sc2's kernel runs, `native` (see the callers)."""
     if device.type != "cpu" or backend != "sdpa":
         return "fused"
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     shape = (n_heads * hd, n_kv * hd)  # the widths of q and of k, as the choice is remembered
     forced = parse_forced(kernels)
-    built = measure or forced.get("attention") == "native"
+    built = measure or forced.get(role) == "native"
     own = built and dtype == torch.bfloat16 and hd % 32 == 0 and native.attention_one_works()
-    available = ["fused", "grouped"] + (["native"] if own else [])
+    available = stock + (["native"] if own else [])
     choices = Choices(fresh=measure_again(kernels))
-    made = functools.partial(_single_query_candidates, n_heads, n_kv, hd, dtype, available)
+    made = functools.partial(candidates, n_heads, n_kv, hd, dtype, available)
     default = None if measure else "fused"
-    path = choose("attention", shape, available, made, dtype, forced, choices, default)
+    path = choose(role, shape, available, made, dtype, forced, choices, default)
     choices.save()
     return path
 
 
-def _single_query_candidates(
-    n_heads: int, n_kv: int, hd: int, dtype: torch.dtype, available: list[str]
+def _candidates(
+    tokens: int, n_heads: int, n_kv: int, hd: int, dtype: torch.dtype, available: list[str]
 ) -> dict[str, Callable]:
-    """Each available path on one token over `PROBE_KEYS` keys of a cache laid out as the model's."""
+    """Each available path on one token over `PROBE_KEYS` keys of a cache laid out as the model's (`tokens`
+    1), or on a prompt of `tokens` tokens with no cache before it."""
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, n_heads, 1, hd, generator=g).to(dtype)
-    k, v = (torch.randn(1, n_kv, PROBE_KEYS, hd, generator=g).to(dtype) for _ in range(2))
-    vis = Visibility(PROBE_KEYS - 1, 0, None, causal=False, mask=None)
+    keys = PROBE_KEYS if tokens == 1 else tokens
+    q = torch.randn(1, n_heads, tokens, hd, generator=g).to(dtype)
+    k, v = (torch.randn(1, n_kv, keys, hd, generator=g).to(dtype) for _ in range(2))
+    vis = Visibility(keys - tokens, 0, None, causal=tokens > 1, mask=None)
     functions = {"fused": sdpa_attention, "grouped": grouped_attention, "native": native_attention}
     return {name: lambda _, f=functions[name]: f(q, k, v, vis) for name in available}

@@ -35,6 +35,8 @@ decision with its candidate paths:
   maths in sc2's own AVX512-BF16 kernel on the bf16 cache in place, native.py; 3B heads, 2 threads, AMD
   Zen 5: 44 us over 512 keys and 184 over 2,048 against grouped's 190 and 450). Keyed by the widths of
   q and k rather than a weight's shape.
+- `prompt-attention`: a prompt's many rows under the sdpa backend, `fused` or `native` (the same kernel,
+  each row over the keys that token alone would get; 512 causal tokens of 3B heads: 10 against 20 ms).
 
 `choose` times each candidate on the model's own weights of each distinct shape (a few repetitions,
 interleaved) and remembers the winner per machine (CPU model and flags, threads) and torch version in
@@ -67,6 +69,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8"),
     "int4-decode": ("tinygemm", "vnni"),
     "attention": ("fused", "grouped", "native"),
+    "prompt-attention": ("fused", "native"),
 }
 PROBE_ROWS = {
     "decode": 1,
@@ -76,6 +79,7 @@ PROBE_ROWS = {
     "int4-prompt": 256,
     "int4-decode": 1,
     "attention": 1,
+    "prompt-attention": 1,
 }  # int8's layout serves both: decode dominates; prompts: a quarter (bf16) or half (int4) of a prefill chunk
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)

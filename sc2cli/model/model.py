@@ -172,19 +172,20 @@ class Starcoder2(nn.Module):
     def __init__(self, config: ModelConfig, attn: str = "sdpa", single_query: str = "fused") -> None:
         super().__init__()
         self.config = config
-        self.attn_backend, self.single_query = attn, single_query
+        self.attn_backend, self.single_query, self.prompt_attention = attn, single_query, "fused"
         self.model = Decoder(config, attention_function(attn, single_query))
         self.rotary = Rotary(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
         self.row_costs: tuple[float, ...] | None = None  # a forward over 1, 2, ... rows against one (rows.py)
 
-    def set_attention(self, attn: str, single_query: str = "fused") -> None:
+    def set_attention(self, attn: str, single_query: str = "fused", prompt: str = "fused") -> None:
         """Switch every layer to another backend (already chosen by `attention.select_backend`), one-token
-        calls to `single_query`'s path (`attention.plan_single_query`)."""
-        self.attn_backend, self.single_query = attn, single_query
+        calls to `single_query`'s path (`attention.plan_single_query`), prompts to `prompt`'s
+        (`attention.plan_prompt_attention`)."""
+        self.attn_backend, self.single_query, self.prompt_attention = attn, single_query, prompt
         for block in self.model.layers:
-            block.self_attn.attend = attention_function(attn, single_query)
+            block.self_attn.attend = attention_function(attn, single_query, prompt)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

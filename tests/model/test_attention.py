@@ -128,9 +128,7 @@ def test_single_query_plan_is_forced_measured_or_not_offered(monkeypatch):
     assert plan_single_query(config, "sdpa", cpu, bf16, measure=False) == "fused"  # tiny models: no probe
     measured = plan_single_query(config, "sdpa", cpu, bf16)  # timed here, remembered in the cache folder
     assert measured in ("fused", "grouped")
-    monkeypatch.setattr(
-        "sc2cli.model.attention._single_query_candidates", lambda *a: pytest.fail("re-measured")
-    )
+    monkeypatch.setattr("sc2cli.model.attention._candidates", lambda *a: pytest.fail("re-measured"))
     assert plan_single_query(config, "sdpa", cpu, bf16) == measured
 
 
