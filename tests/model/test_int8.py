@@ -127,3 +127,24 @@ def test_a_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(tm
     with torch.no_grad():
         got, want = model(ids).float(), reference(ids)
     assert (got - want).norm() < 0.05 * want.norm()
+
+
+def test_without_a_compiler_int8_keeps_pytorchs_paths(monkeypatch, tmp_path):
+    native._library.cache_clear()
+    native._int8_agrees.cache_clear()
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    try:
+        assert not native.int8_vnni_works(torch.bfloat16)
+        plan = plan_kernels(
+            [(128, 256)], "int8", torch.device("cpu"), torch.bfloat16, "int8=vnni", remember=False
+        )
+        assert plan[(128, 256)]["int8"] != "vnni"
+        layer = int8_layer(
+            48, 128, seed=9
+        )  # made anyway (a cache written elsewhere): prompts' path for all rows
+        assert layer.product is None
+        x = torch.randn(2, 128, generator=torch.Generator().manual_seed(9)).bfloat16()
+        assert torch.equal(layer(x), rounded_product(x, layer.q, layer.scales, layer.bias).bfloat16())
+    finally:
+        native._library.cache_clear()
+        native._int8_agrees.cache_clear()
