@@ -82,12 +82,12 @@ static void block_product(const int8_t *w, int K, int M, const uint8_t *const *x
     }
 }
 
-/* out (M, N) = x (M, K) times the weight (N, K) transposed, K a multiple of 64, N of BLOCK. `scratch`
+/* out (M, N) = x (M, K) times the weight (N, K) transposed, K a multiple of 64 up to 65536, N of BLOCK. `scratch`
    holds M * (K + 4) bytes. x, out and `bias` (N, or NULL) are bf16 (`bf16` set) or fp32; the bias is
    added in fp32 before the one rounding. Returns 0, or -1 for sizes it does not take. */
 int int8_vnni_mm(const void *x, int M, int K, int N, const int8_t *w, const float *scales,
                  const int32_t *row_sums, const void *bias, void *out, int bf16, int threads, void *scratch) {
-    if (K % 64 || N % BLOCK || M < 1) return -1;
+    if (K % 64 || K > 65536 || N % BLOCK || M < 1) return -1; /* past 65536 inputs int32 could overflow */
     uint8_t *xu_all = (uint8_t *)scratch;
     float *sx = (float *)(xu_all + (size_t)M * K);
     size_t x_row = (size_t)K * (bf16 ? 2 : 4);

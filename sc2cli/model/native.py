@@ -73,6 +73,7 @@ LAYOUT = Layout(64, 32)  # the packing the kernel reads (dequant.py)
 # The kernel's products against tinygemm's, relative (norm of the difference over the norm): rounding
 # activations to int8 costs ~1% on random rows; a misread layout would cost ~100%.
 AGREEMENT = 0.03
+INT8_MAX_K = 65536  # the int8 kernel's sums stay within int32 up to this many inputs (255 * 127 * K < 2^31)
 
 
 def int4_vnni_works(dtype: torch.dtype) -> bool:
@@ -214,8 +215,9 @@ def int8_vnni_works(dtype: torch.dtype) -> bool:
 
 
 def int8_vnni_fits(out_features: int, in_features: int) -> bool:
-    """Whether the int8 kernel takes a weight of this shape: rows in whole 64-byte loads, 16 rows at a time."""
-    return in_features % 64 == 0 and out_features % 16 == 0
+    """Whether the int8 kernel takes a weight of this shape: rows in whole 64-byte loads, 16 rows at a time,
+    and its int32 sums exact (|sum| < 255 * 127 * K)."""
+    return in_features % 64 == 0 and out_features % 16 == 0 and in_features <= INT8_MAX_K
 
 
 class Int8Product(_Product):

@@ -73,6 +73,7 @@ def test_the_product_errs_only_by_rounding_rows_and_weights_to_int8():
 def test_a_shape_the_kernel_does_not_take_and_a_row_of_zeros_take_the_prompt_path():
     layer = int8_layer(40, 128, seed=5)  # 40 rows: not whole blocks of 16
     assert layer.product is None
+    assert native.int8_vnni_fits(16, 65536) and not native.int8_vnni_fits(16, 65536 + 64)  # int32 sums
     x = torch.zeros(2, 128).bfloat16()
     assert torch.equal(layer(x), layer.bias.expand(2, -1))
 
