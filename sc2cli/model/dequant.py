@@ -189,7 +189,18 @@ def unpacked_product(
     return out
 
 
-Unpack = Callable[[torch.Tensor, tuple[int, int], torch.Tensor, int, torch.Tensor], torch.Tensor]
+class Native(NamedTuple):
+    """sc2's own helpers for `int8_product` (native.py), each giving what the PyTorch operations here give,
+    bit for bit, in one pass; None where they do not run. `unpack`: a chunk of `layout`'s whole blocks into
+    int8 (K, n), rows in their own order; `round_rows`: (rows, K) bf16/fp32 -> `round_rows`'s result;
+    `scale_rows`: an int32 product scaled back, added to a base and rounded into the result."""
+
+    unpack: Callable[..., torch.Tensor] | None = None
+    round_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    scale_rows: Callable[..., torch.Tensor] | None = None
+
+
+NO_NATIVE = Native()
 
 
 def int8_product(
@@ -199,28 +210,36 @@ def int8_product(
     row_scales: torch.Tensor,
     layout: Layout,
     scratch: UnpackScratch,
-    unpack: Unpack | None = None,
+    native: Native = NO_NATIVE,
 ) -> torch.Tensor:
     """`x2d` (rows, K) times the packed weight in int8: (rows, N) in the scales' dtype. Each row of `x2d` is
     quantized to int8 with its own scale (max |x| / 127); each chunk of the weight is unpacked into int8 as
     (code - 8) * multiplier (its group's scale over its row's `row_scales`: whole, at most 16, checked by
     `multipliers_exact`) and multiplied by `torch._int_mm` (exact int32 sums; VNNI where the CPU has it).
     The zeros' part, sum over groups of zero * (the group's sum of x), is one small fp32 product on the
-    unquantized rows, so the only rounding beyond fp32's is that of the rows to int8. `unpack` (native.py's
-    `unpack_int8`, for `layout`'s whole blocks): the same weights in one pass, rows in their own order (the
-    same products bit for bit; 3B shapes at 512 rows: ~10% of the time saved)."""
+    unquantized rows, so the only rounding beyond fp32's is that of the rows to int8. `native`'s helpers
+    do the unpacking, rounding and scaling in one pass each (the same results bit for bit; 3B shapes at
+    512 rows: the unpacking saves ~6%)."""
     rows, K = x2d.shape
-    groups = scales_and_zeros.shape[0]
-    x = x2d.to(torch.float32, copy=True)  # (rows, K), scaled in place below: never the caller's
-    out = _zeros_part(x.view(rows, groups, -1).sum(-1), scales_and_zeros)  # (rows, N) fp32
-    x8, x_scale = round_rows(x)  # (rows, K) in -127..127; x_scale (rows, 1)
+    groups, dtype = scales_and_zeros.shape[0], scales_and_zeros.dtype
+    sums = x2d.reshape(rows, groups, -1).sum(-1, dtype=torch.float32)  # (rows, G)
+    out = _zeros_part(sums, scales_and_zeros)  # (rows, N) fp32
+    if native.round_rows is not None and x2d.dtype in (torch.bfloat16, torch.float32):
+        x8, x_scale = native.round_rows(x2d)
+    else:
+        x8, x_scale = round_rows(x2d.to(torch.float32, copy=True))  # (rows, K) in -127..127; (rows, 1)
+    fused = native.scale_rows is not None and dtype in (torch.bfloat16, torch.float32)
+    result = torch.empty(rows, out.shape[1], dtype=dtype) if fused else out
     for span in chunks(packed.shape[0], K, layout, INT8_CHUNK_ELEMENTS):
-        n = span[1] - span[0]
-        if unpack is not None and span[2] == layout:
-            start, end = span[:2]
+        (start, end), n = span[:2], span[1] - span[0]
+        if native.unpack is not None and span[2] == layout:
             multipliers = scales_and_zeros[:, start:end, 0].float().div_(row_scales[start:end]).round_()
-            weight = unpack(packed, (start, end), multipliers.to(torch.int8), K // groups,
-                            scratch.take("weight8", (K, n), torch.int8))  # fmt: skip
+            weight = native.unpack(packed, (start, end), multipliers.to(torch.int8), K // groups,
+                                   scratch.take("weight8", (K, n), torch.int8))  # fmt: skip
+            if fused:  # zeros' part + the product, rounded into the result
+                native.scale_rows(torch._int_mm(x8, weight), x_scale, row_scales[start:end],
+                                  result[:, start:end], out[:, start:end])  # fmt: skip
+                continue
             product = scratch.take("scaled", (rows, n), torch.float32)
             torch.mul(torch._int_mm(x8, weight), x_scale, out=product)
             out[:, start:end].add_(product.mul_(row_scales[start:end]))
@@ -233,7 +252,9 @@ def int8_product(
         product = scratch.take("scaled", (rows, n), torch.float32)  # still in cache: scaled here
         torch.mul(torch._int_mm(x8, weight.view(K, n)), x_scale, out=product)  # int32 sums, exact
         _put_back(out, product.mul_(row_scale.reshape(1, n)), span, add=True)
-    return out.to(scales_and_zeros.dtype)
+        if fused:
+            result[:, start:end] = out[:, start:end]
+    return result if fused else out.to(dtype)
 
 
 def round_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

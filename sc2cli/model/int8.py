@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import native
+from . import native_int8
 from .dequant import round_rows
 from .quant import QuantizedLinear, block_rows
 
@@ -116,8 +116,10 @@ class VnniInt8Linear(QuantizedLinear):
         self.q, self.scales, self.bias = q, scales.float(), bias
         self.row_sums = q.sum(1, dtype=torch.int32) if row_sums is None else row_sums
         N, K = q.shape
-        runs = q.device.type == "cpu" and native.int8_vnni_fits(N, K) and native.int8_vnni_works(dtype)
-        self.product = native.Int8Product(q, self.scales, self.row_sums, bias, dtype) if runs else None
+        runs = (
+            q.device.type == "cpu" and native_int8.int8_vnni_fits(N, K) and native_int8.int8_vnni_works(dtype)
+        )
+        self.product = native_int8.Int8Product(q, self.scales, self.row_sums, bias, dtype) if runs else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> VnniInt8Linear:
@@ -139,16 +141,27 @@ class VnniInt8Linear(QuantizedLinear):
         if product is not None and len(x2d) < INT8_PROMPT_ROWS:
             out = product((x2d if x.dtype == product.dtype else x2d.to(product.dtype)).contiguous())
         else:
-            out = rounded_product(x2d, self.q, self.scales, self.bias)
+            out = rounded_product(x2d, self.q, self.scales, self.bias, x.dtype)
         return out.to(x.dtype).view(*shape[:-1], -1)
 
 
 def rounded_product(
-    x2d: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+    x2d: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
     """`x2d` (rows, K), each row rounded to int8 with its own scale (dequant.py's `round_rows`), times the
     int8 weight `q` (N, K) transposed, in exact int32 sums (`torch._int_mm`), then scaled by the row's and
-    each weight row's fp32 `scales` (N,) and the bias added: (rows, N) fp32, to be rounded once."""
+    each weight row's fp32 `scales` (N,), the bias added in fp32 and the result rounded once to `dtype`:
+    (rows, N). Rounding and scaling through sc2's own helpers where they run (native.py: one pass each, the
+    same results bit for bit)."""
+    native_rows = native_int8.int8_rows_work() and x2d.shape[1] % 16 == 0
+    if (
+        native_rows
+        and x2d.dtype in (torch.bfloat16, torch.float32)
+        and dtype in (torch.bfloat16, torch.float32)
+    ):
+        x8, x_scale = native_int8.round_rows_int8(x2d)
+        out = torch.empty(len(x2d), q.shape[0], dtype=dtype)
+        return native_int8.scale_rows(torch._int_mm(x8, q.t()), x_scale, scales, out, bias=bias)
     x8, x_scale = round_rows(x2d.to(torch.float32, copy=True))
     out = torch._int_mm(x8, q.t()).float().mul_(x_scale).mul_(scales)
-    return out.add_(bias.float()) if bias is not None else out
+    return (out.add_(bias.float()) if bias is not None else out).to(dtype)

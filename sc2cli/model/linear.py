@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from . import native, onednn
+from . import native, native_int8, onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_works
 from .device import cpu_has_native_bf16
 from .int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear
@@ -208,7 +208,7 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built:
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
         ["weight-only"] if dtype != torch.float32 else []
     )
-    paths += ["vnni"] if built and native.int8_vnni_works(dtype) else []
+    paths += ["vnni"] if built and native_int8.int8_vnni_works(dtype) else []
     if not paths:
         raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
     return paths

@@ -1,6 +1,7 @@
 """sc2's own CPU kernels, compiled once per machine with the system C compiler and called through ctypes:
 int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products), int8_vnni.c
-(int8 weights, likewise), bf16_gemv.c
+(int8 weights, likewise), int8_rows.c (rounding a prompt's rows to int8 and scaling int8 products back,
+for the prompt paths; these two are called through native_int8.py), bf16_gemv.c
 (dense bf16 weights times a few rows in AVX512-BF16's dot products) and attention_one.c (one token's
 attention over the bf16 KV cache).
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..folders import cache_folder, owned_by_user
-from .dequant import Layout, UnpackScratch, cpu_layout, int8_mm_works, int8_product
+from .dequant import Layout, Native, UnpackScratch, cpu_layout, int8_mm_works, int8_product
 
 _pointer, _int = ctypes.c_void_p, ctypes.c_int
 # Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), and its
@@ -53,6 +54,13 @@ LIBRARIES = {
         ("avx512f", "avx512bw", "avx512_vnni"),
         ("int8_vnni_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _pointer, _pointer,
                                 _int, _int, _pointer]),
+    ),
+    "int8_rows": (  # fp32 steps in PyTorch's order: no contracting into fused multiply-adds
+        ("-mavx512f", "-mavx512bw", "-mfma", "-ffp-contract=off"),
+        ("avx512f", "avx512bw"),
+        ("round_rows", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _int]),
+        ("scale_rows", _int, [_pointer, _int, _int, _pointer, _pointer, _pointer, _int, _pointer, _pointer, _int,
+                              _int, _int]),
     ),
     "bf16_gemv": (
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
@@ -73,12 +81,11 @@ LAYOUT = Layout(64, 32)  # the packing the kernel reads (dequant.py)
 # The kernel's products against tinygemm's, relative (norm of the difference over the norm): rounding
 # activations to int8 costs ~1% on random rows; a misread layout would cost ~100%.
 AGREEMENT = 0.03
-INT8_MAX_K = 65536  # the int8 kernel's sums stay within int32 up to this many inputs (255 * 127 * K < 2^31)
 
 
 def int4_vnni_works(dtype: torch.dtype) -> bool:
     """Whether the kernel runs here for a model of `dtype` (bf16 scales only) and agrees with tinygemm."""
-    return dtype == torch.bfloat16 and cpu_layout(dtype) == LAYOUT and _agrees()
+    return dtype == torch.bfloat16 and cpu_layout(dtype) == LAYOUT and _built("int4_vnni") and _agrees()
 
 
 def int4_vnni_fits(out_features: int, in_features: int, group: int) -> bool:
@@ -204,56 +211,7 @@ def _agrees() -> bool:
     if int8_mm_works():
         x = torch.randn(20, 256, generator=generator).to(torch.bfloat16)
         prompt = (x, packed, scales_and_zeros, row_scales, LAYOUT, UnpackScratch())
-        return torch.equal(int8_product(*prompt), int8_product(*prompt, unpack_int8))
-    return True
-
-
-def int8_vnni_works(dtype: torch.dtype) -> bool:
-    """Whether the int8 kernel runs here for a model of `dtype` (bf16 or fp32) and gives the prompt path's
-    products (int8.py's `rounded_product`) bit for bit."""
-    return dtype in (torch.bfloat16, torch.float32) and _int8_agrees()
-
-
-def int8_vnni_fits(out_features: int, in_features: int) -> bool:
-    """Whether the int8 kernel takes a weight of this shape: rows in whole 64-byte loads, 16 rows at a time,
-    and its int32 sums exact (|sum| < 255 * 127 * K)."""
-    return in_features % 64 == 0 and out_features % 16 == 0 and in_features <= INT8_MAX_K
-
-
-class Int8Product(_Product):
-    """An int8 weight (N, K) with its fp32 `scales` (N,), its rows' int32 sums `row_sums` (N,) and `bias`."""
-
-    library = "int8_vnni"
-
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, row_sums: torch.Tensor,
-                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
-        bias = None if bias is None else bias.to(dtype).contiguous()
-        tensors = (q.contiguous(), scales.float().contiguous(), row_sums.int().contiguous(), bias)
-        pointers = (*(t.data_ptr() for t in tensors[:3]), _pointer_of(bias))
-        super().__init__(q.shape[0], q.shape[1], tensors, pointers, dtype)
-
-    def scratch_bytes(self, rows: int) -> int:
-        return rows * (self.K + 4)
-
-
-@functools.cache
-def _int8_agrees() -> bool:
-    """The kernel against the prompt path on a random weight and bias, bit for bit, for 1 to 7 rows (all
-    three row groupings) in bf16 and fp32; False where it cannot be built or `torch._int_mm` fails."""
-    if _library("int8_vnni") is None:
-        return False
-    from .int8 import quantize_per_channel, rounded_product  # int8.py imports this module
-
-    if not int8_mm_works():
-        return False
-    generator = torch.Generator().manual_seed(0)
-    q, scales = quantize_per_channel(torch.randn(32, 192, generator=generator))
-    bias = torch.randn(32, generator=generator)
-    for rows, dtype in ((1, torch.bfloat16), (2, torch.float32), (3, torch.bfloat16), (7, torch.float32)):
-        x = (torch.randn(rows, 192, generator=generator) * 3).to(dtype)
-        got = Int8Product(q, scales, q.sum(1, dtype=torch.int32), bias, dtype)(x)
-        if not torch.equal(got, rounded_product(x, q, scales, bias.to(dtype)).to(dtype)):
-            return False
+        return torch.equal(int8_product(*prompt), int8_product(*prompt, Native(unpack=unpack_int8)))
     return True
 
 
@@ -349,6 +307,12 @@ def attention_one(
     if status:
         raise ValueError(f"the attention kernel takes no call of {H} heads over {n_kv}, head size {hd}")
     return out.transpose(1, 2)  # (1, H, T, hd)
+
+
+def _built(name: str) -> bool:
+    """Whether library `name` is loaded (a check before a remembered agreement: the library's own memory can
+    be cleared, as tests do, while the agreement's is not)."""
+    return _library(name) is not None
 
 
 _scratch = threading.local()

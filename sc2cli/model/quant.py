@@ -22,10 +22,11 @@ import functools
 import torch
 from torch import nn
 
-from . import native, onednn
+from . import native, native_int8, onednn
 from .dequant import (
     MULTIPLIER_MAX,
     Layout,
+    Native,
     UnpackScratch,
     cpu_layout,
     int8_mm_works,
@@ -277,12 +278,8 @@ class Int4Linear(QuantizedLinear):
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
         prompt = self._prompt(len(x2d))
         if prompt and self.layout is not None and self.prompt == "int8":
-            unpack = (
-                native.unpack_int8
-                if self.layout == native.LAYOUT and native.int4_vnni_works(sz.dtype)
-                else None
-            )
-            return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch, unpack)
+            helpers = _helpers(sz, self.layout)
+            return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch, helpers)
         if prompt and self.layout is not None:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
             return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)
@@ -296,6 +293,18 @@ class Int4Linear(QuantizedLinear):
             return (out if x.dtype == product.dtype else out.to(x.dtype)).view(*shape[:-1], -1)  # bias inside
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
         return out + self.bias if self.bias is not None else out
+
+
+def _helpers(scales_and_zeros: torch.Tensor, layout: Layout) -> Native:
+    """sc2's native helpers for int8 prompts that run here: unpacking where the int4 kernel runs on this
+    layout, rounding and scaling where they agree with PyTorch."""
+    unpack = layout == native.LAYOUT and native.int4_vnni_works(scales_and_zeros.dtype)
+    rows = native_int8.int8_rows_work()
+    return Native(
+        native.unpack_int8 if unpack else None,
+        native_int8.round_rows_int8 if rows else None,
+        native_int8.scale_rows if rows else None,
+    )
 
 
 def _group_of(state: dict[str, torch.Tensor]) -> int:

@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sc2cli
-from sc2cli.model import native
+from sc2cli.model import native, native_int8
 from sc2cli.model.int8 import INT8_PROMPT_ROWS, VnniInt8Linear, quantize_per_channel, rounded_product
 from sc2cli.model.linear import KINDS, plan_kernels
 
 from .test_native import assert_drafts_change_no_greedy_token, write_small_checkpoint
 
 needs_kernel = pytest.mark.skipif(
-    not native.int8_vnni_works(torch.bfloat16), reason="no int8 kernel here (AVX-512 VNNI and a C compiler)"
+    not native_int8.int8_vnni_works(torch.bfloat16),
+    reason="no int8 kernel here (AVX-512 VNNI and a C compiler)",
 )
 
 
@@ -46,7 +47,7 @@ def test_the_kernel_gives_the_prompt_paths_rows_bit_for_bit(rows, shape, dtype, 
     assert layer.product is not None
     x = (torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
     x[0, : seed % 5] = 0  # ties and zeros among the rounded values
-    expected = rounded_product(x, layer.q, layer.scales, layer.bias).to(dtype)
+    expected = rounded_product(x, layer.q, layer.scales, layer.bias, dtype)
     assert torch.equal(layer.product(x), expected)
 
 
@@ -73,7 +74,9 @@ def test_the_product_errs_only_by_rounding_rows_and_weights_to_int8():
 def test_a_shape_the_kernel_does_not_take_and_a_row_of_zeros_take_the_prompt_path():
     layer = int8_layer(40, 128, seed=5)  # 40 rows: not whole blocks of 16
     assert layer.product is None
-    assert native.int8_vnni_fits(16, 65536) and not native.int8_vnni_fits(16, 65536 + 64)  # int32 sums
+    assert native_int8.int8_vnni_fits(16, 65536) and not native_int8.int8_vnni_fits(
+        16, 65536 + 64
+    )  # int32 sums
     x = torch.zeros(2, 128).bfloat16()
     assert torch.equal(layer(x), layer.bias.expand(2, -1))
 
@@ -91,13 +94,15 @@ def test_rebuilt_from_its_stored_state_it_computes_the_same_without_summing_agai
 
 @needs_kernel
 def test_the_self_check_fails_a_kernel_that_disagrees(monkeypatch):
-    native._int8_agrees.cache_clear()
-    real = native.Int8Product.__call__
-    monkeypatch.setattr(native.Int8Product, "__call__", lambda self, x, s=None: real(self, x, s) * 1.0001)
+    native_int8._int8_agrees.cache_clear()
+    real = native_int8.Int8Product.__call__
+    monkeypatch.setattr(
+        native_int8.Int8Product, "__call__", lambda self, x, s=None: real(self, x, s) * 1.0001
+    )
     try:
-        assert not native._int8_agrees()
+        assert not native_int8._int8_agrees()
     finally:
-        native._int8_agrees.cache_clear()
+        native_int8._int8_agrees.cache_clear()
 
 
 def test_the_plan_offers_the_kernel_only_where_it_runs(monkeypatch):
@@ -108,10 +113,10 @@ def test_the_plan_offers_the_kernel_only_where_it_runs(monkeypatch):
         kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "vnni"
     )
     plan = plan_kernels([(128, 256)], "int8", torch.device("cpu"), torch.bfloat16, "auto", remember=False)
-    works = native.int8_vnni_works(torch.bfloat16)
+    works = native_int8.int8_vnni_works(torch.bfloat16)
     assert ("vnni" in measured[0]) == works
     assert plan[(128, 256)]["int8"] == ("vnni" if works else measured[0][0])
-    assert not native.int8_vnni_works(torch.float16)  # the kernel reads bf16 or fp32 rows only
+    assert not native_int8.int8_vnni_works(torch.float16)  # the kernel reads bf16 or fp32 rows only
 
 
 @needs_kernel
@@ -131,11 +136,12 @@ def test_a_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(tm
 
 
 def test_without_a_compiler_int8_keeps_pytorchs_paths(monkeypatch, tmp_path):
-    native._library.cache_clear()
-    native._int8_agrees.cache_clear()
+    """Nor do prompts use the row helpers."""
+    for cached in (native._library, native_int8._int8_agrees, native_int8._rows_agree):
+        cached.cache_clear()
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     try:
-        assert not native.int8_vnni_works(torch.bfloat16)
+        assert not native_int8.int8_vnni_works(torch.bfloat16)
         plan = plan_kernels(
             [(128, 256)], "int8", torch.device("cpu"), torch.bfloat16, "int8=vnni", remember=False
         )
@@ -145,7 +151,52 @@ def test_without_a_compiler_int8_keeps_pytorchs_paths(monkeypatch, tmp_path):
         )  # made anyway (a cache written elsewhere): prompts' path for all rows
         assert layer.product is None
         x = torch.randn(2, 128, generator=torch.Generator().manual_seed(9)).bfloat16()
-        assert torch.equal(layer(x), rounded_product(x, layer.q, layer.scales, layer.bias).bfloat16())
+        assert torch.equal(layer(x), rounded_product(x, layer.q, layer.scales, layer.bias, torch.bfloat16))
     finally:
-        native._library.cache_clear()
-        native._int8_agrees.cache_clear()
+        for cached in (native._library, native_int8._int8_agrees, native_int8._rows_agree):
+            cached.cache_clear()
+
+
+needs_rows = pytest.mark.skipif(not native_int8.int8_rows_work(), reason="sc2's row helpers do not run here")
+
+
+@needs_rows
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    n=st.sampled_from([16, 40, 53]),
+    dtype=st.sampled_from([torch.bfloat16, torch.float32]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_row_helpers_give_pytorchs_prompt_products_bit_for_bit(rows, n, dtype, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, scales = quantize_per_channel(torch.randn(n, 96, generator=g))
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    x = (torch.randn(rows, 96, generator=g) * 10).to(dtype)
+    x[0, : seed % 9] = 0.5  # ties
+    fast = rounded_product(x, q, scales, b, dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native_int8, "int8_rows_work", lambda: False)
+        assert torch.equal(fast, rounded_product(x, q, scales, b, dtype))
+
+
+@needs_rows
+def test_a_row_holding_nan_comes_out_nan_and_leaves_the_others_alone():
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    x[1, 5] = float("nan")
+    q, scales = quantize_per_channel(torch.randn(16, 64, generator=torch.Generator().manual_seed(2)))
+    got = rounded_product(x, q, scales, None, torch.bfloat16)
+    assert got[1].isnan().all() and not got[[0, 2]].isnan().any()
+    assert torch.equal(got[[0, 2]], rounded_product(x[[0, 2]], q, scales, None, torch.bfloat16))
+
+
+@needs_rows
+def test_the_row_helpers_self_check_fails_helpers_that_disagree(monkeypatch):
+    real = native_int8.scale_rows
+    monkeypatch.setattr(native_int8, "scale_rows", lambda *a, **k: real(*a, **k).mul_(1.0001))
+    native_int8._rows_agree.cache_clear()
+    try:
+        assert not native_int8._rows_agree()
+    finally:
+        native_int8._rows_agree.cache_clear()

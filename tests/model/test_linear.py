@@ -10,7 +10,7 @@ from torch import nn
 import sc2cli
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.errors import InputError
-from sc2cli.model import native, onednn
+from sc2cli.model import native, native_int8, onednn
 from sc2cli.model.int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear, quantize_per_channel
 from sc2cli.model.linear import (
     KINDS,
@@ -209,7 +209,9 @@ def test_quantizing_keeps_embeddings_and_norms_in_full_precision(tmp_path, quant
     assert relative_error(a, b) < (0.05 if quantize == "int8" else 0.3)  # random weights: ~10% per int4 layer
 
 
-no_int8_kernel = pytest.mark.skipif(not native.int8_vnni_works(torch.bfloat16), reason="no int8 kernel here")
+no_int8_kernel = pytest.mark.skipif(
+    not native_int8.int8_vnni_works(torch.bfloat16), reason="no int8 kernel here"
+)
 
 
 @pytest.mark.parametrize(

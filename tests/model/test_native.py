@@ -14,7 +14,7 @@ import torch
 import sc2cli
 from sc2cli.completion.generate import generate
 from sc2cli.completion.speculate import Speculation
-from sc2cli.model import native
+from sc2cli.model import native, native_int8
 from sc2cli.model.linear import plan_kernels
 from sc2cli.model.quant import (
     INT4_INT8_PROMPT_ROWS,
@@ -170,7 +170,12 @@ def test_prompts_in_int8_come_out_the_same_unpacked_here_or_by_pytorch(shape, pe
         INT4_INT8_PROMPT_ROWS + 3, shape[1], generator=torch.Generator().manual_seed(13)
     ).bfloat16()
     prompt = (x, packed, scales_and_zeros, row_scales, native.LAYOUT, dequant.UnpackScratch())
-    assert torch.equal(dequant.int8_product(*prompt), dequant.int8_product(*prompt, native.unpack_int8))
+    plain = dequant.int8_product(*prompt)
+    assert torch.equal(plain, dequant.int8_product(*prompt, dequant.Native(native.unpack_int8)))
+    if native_int8.int8_rows_work():  # rounding and scaling in one pass each too
+        helpers = dequant.Native(native.unpack_int8, native_int8.round_rows_int8, native_int8.scale_rows)
+        assert torch.equal(plain, dequant.int8_product(*prompt, helpers))
+        assert torch.equal(plain, dequant.int8_product(*prompt, dequant.Native(None, *helpers[1:])))
     layer = Int4Linear(packed, scales_and_zeros, None, shape[1], row_scales)
     assert layer.use_prompt_path("int8") == "int8"
     calls = []
