@@ -22,6 +22,15 @@ from . import native_int8
 from .dequant import round_rows
 from .quant import QuantizedLinear, block_rows
 
+# fbgemm's path needs a quantized tensor, which PyTorch now warns are deprecated (in favour of torchao):
+# that one message is ignored by a filter set once, since `warnings.catch_warnings` around the call is not
+# thread-safe (another thread's block ending restores the filters mid-call, and the warning reached users'
+# terminals while layers were built on several threads).
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized",
+    category=UserWarning,
+)
 # Rows from which `VnniInt8Linear` multiplies through torch._int_mm rather than sc2's kernel.
 INT8_PROMPT_ROWS = 16
 
@@ -47,9 +56,7 @@ class DynamicInt8Linear(QuantizedLinear):
     def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         zero = torch.zeros(q.shape[0], dtype=torch.long)
-        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
-            warnings.simplefilter("ignore")
-            qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
+        qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)  # its warning: above
         self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.float())
         # 8-bit activations are exact in VNNI's int32 accumulation; older x86 needs 7 bits to avoid overflow
         self.reduce_range = not getattr(torch.cpu, "_is_vnni_supported", lambda: False)()

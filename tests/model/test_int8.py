@@ -4,6 +4,9 @@ whichever path, and whatever rows come with it; close to the exact product; rebu
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -200,3 +203,26 @@ def test_the_row_helpers_self_check_fails_helpers_that_disagree(monkeypatch):
         assert not native_int8._rows_agree()
     finally:
         native_int8._rows_agree.cache_clear()
+
+
+def test_fbgemms_deprecation_warning_stays_quiet_when_another_threads_warning_block_ends_midway(tmp_path):
+    """PyTorch warns that quantized tensors are deprecated; a `warnings.catch_warnings` block around the call
+    was undone when another thread's block (begun before it) ended during it, and the warning reached the
+    user's terminal. That interleaving, played out in one thread, in a fresh process."""
+    script = tmp_path / "race.py"
+    script.write_text(
+        "import warnings\n"
+        "import torch\n"
+        "from sc2cli.model import int8\n"
+        "other = warnings.catch_warnings()\n"
+        "other.__enter__()  # another thread's block, begun first\n"
+        "real = torch._make_per_channel_quantized_tensor\n"
+        "def racing(*args):\n"
+        "    other.__exit__(None, None, None)  # ... ends while the layer is made\n"
+        "    return real(*args)\n"
+        "torch._make_per_channel_quantized_tensor = racing\n"
+        "int8.DynamicInt8Linear(torch.ones(16, 16, dtype=torch.int8), torch.full((16,), 0.01), None)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "deprecated" not in done.stderr
