@@ -219,6 +219,7 @@ class Int4Linear(QuantizedLinear):
         self.layout: Layout | None = None  # tinygemm's CPU layout, once a prompt path unpacks it
         self.few = INT4_PROMPT_ROWS  # products of fewer rows take the decode path
         self.product: native.Int4Product | None = None  # the `vnni` decode path, bound to these weights
+        self.helpers = Native()  # sc2's own helpers for the `int8` prompt path, where they run here
 
     def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
         """Take `path` for prompts where it runs here (tinygemm otherwise); returns the path taken."""
@@ -229,6 +230,7 @@ class Int4Linear(QuantizedLinear):
         if not runs or (path != "tinygemm" and layout is None):
             path = "tinygemm"
         self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
+        self.helpers = _helpers(self.scales_and_zeros, layout) if path == "int8" else Native()
         self.few = INT4_INT8_PROMPT_ROWS if path == "int8" else INT4_PROMPT_ROWS
         self.scratch = scratch or self.scratch
         return path
@@ -278,8 +280,9 @@ class Int4Linear(QuantizedLinear):
             return torch.ops.aten._weight_int4pack_mm(x2d.to(sz.dtype), self.packed, self.group, sz)
         prompt = self._prompt(len(x2d))
         if prompt and self.layout is not None and self.prompt == "int8":
-            helpers = _helpers(sz, self.layout)
-            return int8_product(x2d, self.packed, sz, self.row_scales, self.layout, self.scratch, helpers)
+            return int8_product(
+                x2d, self.packed, sz, self.row_scales, self.layout, self.scratch, self.helpers
+            )
         if prompt and self.layout is not None:
             fp32, through_onednn = self.prompt.startswith("dequant-fp32"), self.prompt.endswith("onednn")
             return unpacked_product(x2d, self.packed, sz, self.layout, self.scratch, fp32, through_onednn)

@@ -176,10 +176,10 @@ def test_prompts_in_int8_come_out_the_same_unpacked_here_or_by_pytorch(shape, pe
         helpers = dequant.Native(native.unpack_int8, native_int8.round_rows_int8, native_int8.scale_rows)
         assert torch.equal(plain, dequant.int8_product(*prompt, helpers))
         assert torch.equal(plain, dequant.int8_product(*prompt, dequant.Native(None, *helpers[1:])))
-    layer = Int4Linear(packed, scales_and_zeros, None, shape[1], row_scales)
-    assert layer.use_prompt_path("int8") == "int8"
     calls = []
     monkeypatch.setattr(native, "unpack_int8", lambda *a: calls.append(a[1]) or native_unpack(*a))
+    layer = Int4Linear(packed, scales_and_zeros, None, shape[1], row_scales)
+    assert layer.use_prompt_path("int8") == "int8"
     assert torch.equal(layer(x), dequant.int8_product(*prompt).to(torch.bfloat16))
     assert calls == [
         (a, b)
