@@ -5,8 +5,11 @@
    multiplies), without the conversion copies and with each K/V row read from cache while the whole query
    group uses it.
 
+   `rotate_attend` puts the new tokens' rotary embedding and cache write before it (model.py's rotate and
+   KVCache.store, the same bits), so a layer's attention of a token is one call.
+
    Read by sc2cli/model/native.py, which compiles it once per machine and calls it through ctypes for a
-   token's attention where the CPU has native bf16. */
+   token's attention where the CPU has native bf16 (native_attention.py for `rotate_attend`). */
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -200,4 +203,59 @@ int attend_rows(const uint16_t *q, int T, int H, int n_kv, int hd, const int *fi
         values(st + (size_t)lo * S, hi - lo, S, vh, hd, out + (size_t)t * H * hd + (size_t)lo * hd);
     }
     return 0;
+}
+
+/* 16 fp32 values rounded to bf16 (to nearest even, as PyTorch rounds; NaN stays NaN), kept as fp32. */
+static inline __m512i bf16_bits16(__m512 f) {
+    const __m512i bits = _mm512_castps_si512(f);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+    const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+    const __m512i quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));
+    return _mm512_and_si512(_mm512_mask_mov_epi32(rounded, nan, quiet), _mm512_set1_epi32((int)0xffff0000u));
+}
+
+static inline __m512 round_bf16(__m512 f) { return _mm512_castsi512_ps(bf16_bits16(f)); }
+
+/* One head's row x (hd bf16) rotated as model.py's `rotate` computes it in bf16, x cos + roll(x, hd/2)
+   signed_sin with each product and the sum rounded to bf16 (a product of two bf16 values is exact in fp32,
+   so each rounding is the one PyTorch's bf16 operations make): the same bits. hd a multiple of 32. */
+static void rotate_row(const uint16_t *x, const uint16_t *cos, const uint16_t *sin, int hd, uint16_t *out) {
+    const int half = hd / 2;
+    for (int i = 0; i < hd; i += 16) {
+        const int other = i < half ? i + half : i - half;
+        __m512 a = round_bf16(_mm512_mul_ps(load16(x, 1, i), load16(cos, 1, i)));
+        __m512 b = round_bf16(_mm512_mul_ps(load16(x, 1, other), load16(sin, 1, i)));
+        __m512i y = _mm512_srli_epi32(bf16_bits16(_mm512_add_ps(a, b)), 16);
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(y));
+    }
+}
+
+/* T new tokens at positions [start, start + T) of a sequence whose K/V cache holds `start` of them: their
+   projections q (T, H, hd), k and v (T, n_kv, hd), bf16, rows dense. Rotates q into `rotated` (T, H, hd)
+   and k into the cache, copies v into it (cache heads `head_stride` elements apart, positions `hd`), then
+   attends each token over the keys it sees (all before it and itself; with a `window` > 0, only the
+   `window` ending at itself) exactly as `attend_rows` does: model.py's rotate, KVCache.store and
+   native_attention in one call, the same bits. `cos` and `sin`: the rotary table's rows for the T
+   positions (T, hd). Returns 0, or -1 for sizes it does not take. */
+int rotate_attend(const uint16_t *q, const uint16_t *k, const uint16_t *v, int T, int H, int n_kv, int hd,
+                  const uint16_t *cos, const uint16_t *sin, uint16_t *k_cache, uint16_t *v_cache, long head_stride,
+                  int start, int window, float scale, uint16_t *rotated, uint16_t *out, float *scores, int threads) {
+    if (hd % 32 || T < 1 || T > 64 || n_kv < 1 || H % n_kv || start < 0) return -1;
+    int first[64], count[64];
+    for (int t = 0; t < T; t++) {
+        const int position = start + t;
+        const uint16_t *c = cos + (size_t)t * hd, *s = sin + (size_t)t * hd;
+        for (int h = 0; h < H; h++)
+            rotate_row(q + ((size_t)t * H + h) * hd, c, s, hd, rotated + ((size_t)t * H + h) * hd);
+        for (int h = 0; h < n_kv; h++) {
+            const size_t row = (size_t)h * head_stride + (size_t)position * hd;
+            rotate_row(k + ((size_t)t * n_kv + h) * hd, c, s, hd, k_cache + row);
+            memcpy(v_cache + row, v + ((size_t)t * n_kv + h) * hd, (size_t)hd * 2);
+        }
+        first[t] = window > 0 && position - window + 1 > 0 ? position - window + 1 : 0;
+        count[t] = position + 1 - first[t];
+    }
+    return attend_rows(rotated, T, H, n_kv, hd, first, count, k_cache, v_cache, head_stride, scale, out, scores,
+                       threads);
 }

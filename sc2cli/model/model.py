@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionFn, Visibility, attention_function, first_visible_key, visibility
+from . import native_attention
+from .attention import FEW_ROWS, AttentionFn, Visibility, attention_function, first_visible_key, visibility
 from .config import ModelConfig
 
 
@@ -42,6 +43,9 @@ class KVCache:
         )
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, n_kv, max_length, hd)
         self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.layers = list(
+            zip(self.keys.unbind(0), self.values.unbind(0), strict=True)
+        )  # per layer, as views
         self.length = 0
 
     def truncate(self, length: int) -> None:
@@ -52,9 +56,10 @@ class KVCache:
     def store(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, k_start: int):
         """Write the new keys/values at `[start, start+T)`; return this layer's keys `[k_start, start+T)`."""
         end = start + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, k_start:end], self.values[layer, :, :, k_start:end]
+        keys, values = self.layers[layer]  # (B, n_kv, max_length, hd)
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys[:, :, k_start:end], values[:, :, k_start:end]
 
 
 class Rotary(nn.Module):
@@ -108,12 +113,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
         self.attend = attend
+        self.one_call = False  # a token and its drafts in one native call (set_attention)
 
     def forward(self, x, cos, sin, vis: Visibility, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, D)
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if self.one_call and cache is not None and T <= FEW_ROWS:
+            # rotated, stored and attended in one native call: the same bits as the operations below
+            out = native_attention.rotate_attend(
+                q, k, v, cos, sin, *cache.layers[self.layer], vis.q_start, vis.window
+            )
+            if out is not None:
+                return self.o_proj(out)  # (B, T, D)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
@@ -184,8 +197,14 @@ class Starcoder2(nn.Module):
         calls to `single_query`'s path (`attention.plan_single_query`), prompts to `prompt`'s
         (`attention.plan_prompt_attention`)."""
         self.attn_backend, self.single_query, self.prompt_attention = attn, single_query, prompt
+        one_call = (
+            single_query == "native"
+            and self.dtype == torch.bfloat16
+            and native_attention.rotate_attend_works()
+        )
         for block in self.model.layers:
             block.self_attn.attend = attention_function(attn, single_query, prompt)
+            block.self_attn.one_call = one_call
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

@@ -3,7 +3,8 @@ int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot 
 (int8 weights, likewise), int8_rows.c (rounding a prompt's rows to int8 and scaling int8 products back,
 for the prompt paths; these two are called through native_int8.py), bf16_gemv.c
 (dense bf16 weights times a few rows in AVX512-BF16's dot products) and attention_one.c (one token's
-attention over the bf16 KV cache).
+attention over the bf16 KV cache; with the rotary embedding and cache write before it, through
+native_attention.py).
 
 Why native code: PyTorch's int4 kernel unpacks each weight into floating point and multiplies in fp32,
 so on two cores it is bound by that arithmetic (~18-20 GB/s of packed weights on an AMD Zen 5 where memory
@@ -72,6 +73,9 @@ LIBRARIES = {
         ("avx512f", "avx512bw", "avx512_bf16"),
         ("attend_rows", _int, [_pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer, _pointer,
                                ctypes.c_long, ctypes.c_float, _pointer, _pointer, _int]),
+        ("rotate_attend", _int, [_pointer, _pointer, _pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer,
+                                 _pointer, ctypes.c_long, _int, _int, ctypes.c_float, _pointer, _pointer, _pointer,
+                                 _int]),
     ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own

@@ -11,6 +11,7 @@ import torch
 
 import sc2cli
 from sc2cli.model import native
+from sc2cli.model import native_attention as one_call
 from sc2cli.model.attention import (
     FEW_ROWS,
     Visibility,
@@ -171,8 +172,13 @@ def checkpoint(tmp_path_factory):
 @needs_kernel
 def test_a_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(checkpoint, monkeypatch):
     calls = []
-    attend = native.attention_one
-    monkeypatch.setattr(native, "attention_one", lambda *a: calls.append(a[1].shape[2]) or attend(*a))
+    attend = one_call.rotate_attend
+    monkeypatch.setattr(  # keys seen by the call's last token
+        one_call, "rotate_attend", lambda *a: calls.append(a[7] + a[0].shape[1]) or attend(*a)
+    )
+    monkeypatch.setattr(
+        native, "attention_one", lambda *a: pytest.fail("a token's call took the slower path")
+    )
     monkeypatch.setenv("SC2_KERNELS", "attention=native,decode=linear,prefill=linear")
     model = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
     assert model.single_query == "native" and "one-token attention native" in model.kernels
