@@ -143,12 +143,13 @@ class VnniInt8Linear(QuantizedLinear):
         return cls(state["q"], state["scales"], state.get("bias"), state.get("row_sums"), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape, product = x.shape, self.product
-        x2d = x.reshape(-1, shape[-1])  # (rows, K)
-        if product is not None and len(x2d) < INT8_PROMPT_ROWS:
-            out = product((x2d if x.dtype == product.dtype else x2d.to(product.dtype)).contiguous())
-        else:
-            out = rounded_product(x2d, self.q, self.scales, self.bias, x.dtype)
+        product = self.product
+        if product is not None and x.numel() < INT8_PROMPT_ROWS * product.K:  # a token's: kept lean
+            if x.dtype == product.dtype:
+                return product(x)
+            return product(x.to(product.dtype)).to(x.dtype)
+        shape = x.shape
+        out = rounded_product(x.reshape(-1, shape[-1]), self.q, self.scales, self.bias, x.dtype)
         return out.to(x.dtype).view(*shape[:-1], -1)
 
 

@@ -122,15 +122,17 @@ class _Product:
     def scratch_bytes(self, rows: int) -> int:
         raise NotImplementedError
 
-    def __call__(self, x2d: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """`x2d` (rows, K) contiguous in `dtype`: (rows, N). `scratch`: at least `scratch_bytes` uint8, else
-        this thread's own."""
-        rows = x2d.shape[0]
-        out = torch.empty(rows, self.N, dtype=self.dtype)
+    def __call__(self, x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """`x` (..., K) in `dtype`: (..., N). `scratch`: at least `scratch_bytes` uint8, else this thread's
+        own."""
+        rows = x.numel() // self.K
+        out = torch.empty((*x.shape[:-1], self.N), dtype=self.dtype)
+        if not x.is_contiguous():
+            x = x.contiguous()
         if scratch is None:
             scratch = _working(self.library, self.scratch_bytes(rows), torch.uint8)
         status = self.function(
-            x2d.data_ptr(), rows, self.K, self.N, *self.weights, out.data_ptr(), self.bf16, torch.get_num_threads(),
+            x.data_ptr(), rows, self.K, self.N, *self.weights, out.data_ptr(), self.bf16, torch.get_num_threads(),
             scratch.data_ptr(),
         )  # fmt: skip
         if status:

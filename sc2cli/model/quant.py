@@ -289,11 +289,13 @@ class Int4Linear(QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape, product = x.shape, self.product
+        product = self.product
+        if product is not None and x.numel() < self.few * product.K:  # a token's, kept lean: 211 a token
+            if x.dtype == product.dtype:
+                return product(x)  # bias inside
+            return product(x.to(product.dtype)).to(x.dtype)
+        shape = x.shape
         x2d = x.reshape(-1, shape[-1])  # (rows, K)
-        if product is not None and len(x2d) < self.few:  # a token's call, kept lean: 211 of them a token
-            out = product((x2d if x.dtype == product.dtype else x2d.to(product.dtype)).contiguous())
-            return (out if x.dtype == product.dtype else out.to(x.dtype)).view(*shape[:-1], -1)  # bias inside
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
         return out + self.bias if self.bias is not None else out
 

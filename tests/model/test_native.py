@@ -110,6 +110,21 @@ def test_a_non_finite_row_stays_non_finite():
 
 
 @needs_kernel
+def test_a_layer_takes_rows_of_any_leading_shape_and_layout():
+    """A token's call goes straight to the kernel with the activations as they come: (B, T, K), strided or
+    not, bf16 or fp32, each row as the 2-D call computes it."""
+    _, packed, scales_and_zeros = quantized((128, 256))
+    layer = Int4Linear(packed, scales_and_zeros, torch.randn(128).bfloat16(), 256)
+    assert layer.use_decode_path("vnni") == "vnni"
+    wide = torch.randn(1, 3, 512).bfloat16()
+    x = wide[..., ::2]  # (1, 3, 256), not contiguous
+    want = layer.product(x.reshape(3, 256).contiguous())
+    got = layer(x)
+    assert got.shape == (1, 3, 128) and torch.equal(got.reshape(3, 128), want)
+    assert torch.equal(layer(x.float()), want.float().view(1, 3, 128))
+
+
+@needs_kernel
 def test_what_the_kernel_cannot_take_stays_on_tinygemm():
     _, packed, scales_and_zeros = quantized((48, 64))  # not whole blocks of 64 rows
     assert Int4Linear(packed, scales_and_zeros, None, 64).use_decode_path("vnni") == "tinygemm"
@@ -130,8 +145,15 @@ def test_rows_of_a_prompt_take_the_prompt_path_not_the_kernel(monkeypatch):
     layer.use_decode_path("vnni")
     calls = []
     product = layer.product
-    layer.product = lambda x2d: calls.append(len(x2d)) or product(x2d)
-    layer.product.dtype = torch.bfloat16
+
+    class Spy:  # the kernel's product, counting the rows it is given
+        dtype, K = product.dtype, product.K
+
+        def __call__(self, x):
+            calls.append(x.numel() // self.K)
+            return product(x)
+
+    layer.product = Spy()
     layer(torch.randn(3, 64).bfloat16())
     layer(torch.randn(INT4_PROMPT_ROWS - 1, 64).bfloat16())
     layer(torch.randn(INT4_PROMPT_ROWS, 64).bfloat16())  # tinygemm: this layer's prompt path
