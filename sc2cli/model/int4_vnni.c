@@ -68,6 +68,11 @@ static inline __attribute__((always_inline)) void block_product(
     /* acc is updated once per group (in memory: the registers hold the int32 sums) */
     for (int j = 0; j < M * 64; j += 16) _mm512_storeu_ps(acc + j, _mm512_setzero_ps());
     for (int g = 0; g < K / group; g++) {
+        /* the scales and zeros two groups on: 256 bytes N * 4 apart from group to group, a stride the
+           hardware's prefetchers miss, so each group's would otherwise wait on memory */
+        if (g + 2 < K / group)
+            for (int line = 0; line < 4; line++)
+                _mm_prefetch((const char *)(sz + ((size_t)(g + 2) * N + n0) * 2) + line * 64, _MM_HINT_T0);
         __m512i i_acc[ROWS_AT_ONCE][4];
         for (int m = 0; m < M; m++)
             for (int q = 0; q < 4; q++) i_acc[m][q] = _mm512_setzero_si512();
