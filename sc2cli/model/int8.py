@@ -145,9 +145,7 @@ class VnniInt8Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         product = self.product
         if product is not None and x.numel() < INT8_PROMPT_ROWS * product.K:  # a token's: kept lean
-            if x.dtype == product.dtype:
-                return product(x)
-            return product(x.to(product.dtype)).to(x.dtype)
+            return product(x)
         shape = x.shape
         out = rounded_product(x.reshape(-1, shape[-1]), self.q, self.scales, self.bias, x.dtype)
         return out.to(x.dtype).view(*shape[:-1], -1)

@@ -43,9 +43,8 @@ class KVCache:
         )
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, n_kv, max_length, hd)
         self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.layers = list(
-            zip(self.keys.unbind(0), self.values.unbind(0), strict=True)
-        )  # per layer, as views
+        # each layer's (keys, values) as views made once, not indexed out of the 5-D tensors on every call
+        self.layers = list(zip(self.keys.unbind(0), self.values.unbind(0), strict=True))
         self.length = 0
 
     def truncate(self, length: int) -> None:

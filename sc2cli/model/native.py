@@ -123,8 +123,10 @@ class _Product:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """`x` (..., K) in `dtype`: (..., N). `scratch`: at least `scratch_bytes` uint8, else this thread's
-        own."""
+        """`x` (..., K): (..., N) in x's dtype, computed in `dtype`. `scratch`: at least `scratch_bytes`
+        uint8, else this thread's own."""
+        if x.dtype != self.dtype:
+            return self(x.to(self.dtype), scratch).to(x.dtype)
         rows = x.numel() // self.K
         out = torch.empty((*x.shape[:-1], self.N), dtype=self.dtype)
         if not x.is_contiguous():

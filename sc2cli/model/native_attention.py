@@ -4,9 +4,9 @@ kernel (attention_one.c's `rotate_attend`; native.py builds, trusts and loads it
 Around the one-token attention kernel, model.py's Attention takes a dozen PyTorch operations and calls per
 layer: rotating q and k (four operations each), three transposes, two cache writes, and the kernel's own
 wrapper (a transpose, the keys each token sees, its arrays). On a 3B model's 30 layers they cost more than
-the attention itself at a few hundred keys: ~2 ms of a token's ~65 at int4, measured on a model of the
-same layer count with tiny matrices (so only what surrounds them is timed). Used only where the one call
-gives what those operations give, bit for bit (`rotate_attend_works`).
+the attention itself at a few hundred keys: ~3 ms of a token's ~70 at int4 (10.5 against 7.3 ms a token
+on a model of the same layer count with tiny matrices, so only what surrounds them is timed). Used only
+where the one call gives what those operations give, bit for bit (`rotate_attend_works`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from .attention import first_visible_key
 from .native import _built, _library, _working, attention_one  # the build machinery they share
 
 
@@ -46,6 +47,7 @@ def rotate_attend(
     fits = (
         q.shape[0] == 1
         and q.dtype == k.dtype == v.dtype == cos.dtype == keys.dtype == values.dtype == torch.bfloat16
+        and sin.dtype == cos.dtype
         and q.is_contiguous()
         and k.is_contiguous()
         and v.is_contiguous()
@@ -94,7 +96,7 @@ def _rotate_attend_agrees() -> bool:
         want_cache[1, :, :, start : start + T] = v.transpose(1, 2)
         seen = []
         for position in range(start, start + T):
-            first = max(0, position - window + 1) if window else 0
+            first = first_visible_key(position, window)
             seen.append((first, position + 1 - first))
         keys, values = want_cache[0, :, :, : start + T], want_cache[1, :, :, : start + T]
         want = attention_one(qr.transpose(1, 2), keys, values, seen).transpose(1, 2).reshape(1, T, H * hd)

@@ -291,9 +291,7 @@ class Int4Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         product = self.product
         if product is not None and x.numel() < self.few * product.K:  # a token's, kept lean: 211 a token
-            if x.dtype == product.dtype:
-                return product(x)  # bias inside
-            return product(x.to(product.dtype)).to(x.dtype)
+            return product(x)  # bias inside
         shape = x.shape
         x2d = x.reshape(-1, shape[-1])  # (rows, K)
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)
