@@ -10,6 +10,7 @@ the draft length is chosen from it (completion/speculate.py).
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -18,7 +19,11 @@ from torch import nn
 from .linear import PROBE_MIN_BYTES, UPCAST_MIN_ROWS
 from .model import Starcoder2
 
-ROW_COST_REPS = 3
+# Rounds of the measurement. Each round times one row and then k rows right after it, and the curve takes
+# each k's median ratio: this CPU's memory speed drifts within a second (a 3B int4 model's MLP, 2 threads:
+# best-of-3 times gave 4 rows 1.09x to 2.37x of one over six probes in a row; medians of paired ratios
+# 1.47x to 1.80x).
+ROW_COST_ROUNDS = 9
 # A draft of 6 tokens and the token before it: more rows would take prompts' path (an fp32 copy of each
 # weight on CPUs without native bf16, allocated by the first such product), which no draft can pay for.
 MAX_VERIFY_ROWS = UPCAST_MIN_ROWS - 1
@@ -33,22 +38,27 @@ def model_row_costs(model: Starcoder2) -> tuple[float, ...] | None:
 
 
 def row_costs(mlp: nn.Module, width: int, dtype: torch.dtype, max_rows: int) -> tuple[float, ...]:
-    """`mlp`'s time on 1..`max_rows` rows of `width`, relative to one row: best of `ROW_COST_REPS`
-    interleaved runs after a warm-up, made non-decreasing (a pass never gets cheaper with more rows;
-    a smaller time there is noise)."""
+    """`mlp`'s time on 1..`max_rows` rows of `width`, relative to one row: for each row count, the median
+    over `ROW_COST_ROUNDS` rounds of its time over that of one row timed just before it (after a warm-up),
+    made non-decreasing (a pass never gets cheaper with more rows; a smaller ratio there is noise)."""
     g = torch.Generator().manual_seed(0)
     inputs = [torch.randn(1, rows, width, generator=g).to(dtype) for rows in range(1, max_rows + 1)]
-    best = [float("inf")] * max_rows
+    ratios: list[list[float]] = [[] for _ in inputs[1:]]
     with torch.inference_mode():
         for x in inputs:
             mlp(x)
-        for _ in range(ROW_COST_REPS):
-            for i, x in enumerate(inputs):
-                start = time.perf_counter()
-                mlp(x)
-                best[i] = min(best[i], time.perf_counter() - start)
-    costs, highest = [], 1.0
-    for seconds in best:
-        highest = max(highest, seconds / best[0])
+        for _ in range(ROW_COST_ROUNDS):
+            for i, x in enumerate(inputs[1:]):
+                one = _seconds(mlp, inputs[0])
+                ratios[i].append(_seconds(mlp, x) / one)
+    costs, highest = [1.0], 1.0
+    for measured in ratios:
+        highest = max(highest, statistics.median(measured))
         costs.append(round(highest, 3))
     return tuple(costs)
+
+
+def _seconds(mlp: nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    mlp(x)
+    return time.perf_counter() - start

@@ -32,6 +32,22 @@ def test_row_costs_see_what_the_kernel_costs(monkeypatch):
     assert row_costs(Fake(), 8, torch.float32, 4) == (1.0, 2.0, 3.0, 4.0)
 
 
+def test_memory_speed_that_comes_and_goes_bends_no_cost(monkeypatch):
+    """A machine three times faster for three calls out of every six (another tenant's load coming and
+    going): each ratio, timed against one row just before it, stays what the kernel costs, where the
+    fastest times of each row count would pair one row's fast moment with another count's slow one."""
+    clock = {"now": 0.0, "calls": 0}
+
+    class Drifting(nn.Module):
+        def forward(self, x):
+            clock["calls"] += 1
+            clock["now"] += x.shape[1] * (1 / 3 if clock["calls"] // 3 % 2 else 1.0)
+            return x
+
+    monkeypatch.setattr("sc2cli.model.rows.time.perf_counter", lambda: clock["now"])
+    assert row_costs(Drifting(), 8, torch.float32, 5) == (1.0, 2.0, 3.0, 4.0, 5.0)
+
+
 def test_tiny_models_are_not_measured():
     model = sc2cli.load_model(TINY_DIR, dtype="fp32", device="cpu")
     assert model.row_costs is None and model_row_costs(model) is None
