@@ -33,7 +33,7 @@ needs_kernel = pytest.mark.skipif(
     reason="sc2's int4 kernel does not run here (needs a C compiler and AVX-512 VNNI and VBMI)",
 )
 SHAPES = [(64, 64), (128, 256), (192, 1024)]
-ROWS = [1, 2, 3, 4, 7]  # the kernel takes 3 rows at a time: whole passes and remainders
+ROWS = [1, 2, 3, 4, 5, 8, 11]  # the kernel takes 4 rows at a time (its own loop) or 1-3: passes and remainders
 
 
 def quantized(shape, seed=0):
@@ -93,11 +93,12 @@ def test_the_kernel_errs_from_the_exact_product_only_by_rounding_rows_to_int8(sh
 def test_each_row_is_the_same_alone_or_among_others():
     """A token verified among drafts gets exactly the logits it gets alone."""
     _, packed, scales_and_zeros = quantized((192, 1024))
-    x = torch.randn(7, 1024, generator=torch.Generator().manual_seed(5)).bfloat16()
-    together = kernel(x, packed, scales_and_zeros)
-    for i in range(7):
+    x = torch.randn(9, 1024, generator=torch.Generator().manual_seed(5)).bfloat16()
+    together = kernel(x, packed, scales_and_zeros)  # passes of 4, 4 and 1 rows
+    for i in range(9):
         assert torch.equal(kernel(x[i : i + 1], packed, scales_and_zeros)[0], together[i])
-    assert torch.equal(kernel(x[2:6], packed, scales_and_zeros), together[2:6])
+    for start, end in ((2, 6), (1, 4), (3, 5), (0, 7)):  # 4 rows, 3, 2, and 4 + 3
+        assert torch.equal(kernel(x[start:end], packed, scales_and_zeros), together[start:end])
 
 
 @needs_kernel
