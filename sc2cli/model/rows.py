@@ -3,27 +3,40 @@
 Speculative decoding verifies k drafted tokens in one pass over k+1 rows. Whether that pays depends on
 how the pass's cost grows with its rows, which differs by kernel and CPU: on a CPU with native bf16,
 oneDNN's packed bf16 product costs about the same for 1 to 4 rows, while PyTorch's int4 kernel costs 1.5x
-at 4 rows and 2.8x at 6 (random 3B shape, 2 threads). So the cost curve is measured, on the first block's
-MLP (its two matrices hold two thirds of a layer's weights) with the kernels the model really runs, and
-the draft length is chosen from it (completion/speculate.py).
+at 4 rows and 2.8x at 6 (random 3B shape, 2 threads). So the cost curve is measured, on the products of
+the first blocks (their matrices hold nearly all of a pass's bytes) with the kernels the model really
+runs, and the draft length is chosen from it (completion/speculate.py).
+
+The blocks measured hold several times the CPU's last-level cache, as a whole pass does: timed again and
+again, a smaller set of weights comes partly from cache, so one row looks cheap and more rows dear. A 3B
+int4 model, 2 threads, AMD Zen 4 with 32 MB of L3, measured side by side with the whole model's pass:
+4 rows 2.07x one row on the first block's MLP (40 MB), 1.46-1.49x on two blocks' products, 1.31-1.32x on
+four, 1.24x on eight, 1.27x for the whole pass.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .linear import PROBE_MIN_BYTES, UPCAST_MIN_ROWS
 from .model import Starcoder2
+from .quant import QuantizedLinear
 
 # Rounds of the measurement. Each round times one row and then k rows right after it, and the curve takes
 # each k's median ratio: this CPU's memory speed drifts within a second (a 3B int4 model's MLP, 2 threads:
 # best-of-3 times gave 4 rows 1.09x to 2.37x of one over six probes in a row; medians of paired ratios
 # 1.47x to 1.80x).
-ROW_COST_ROUNDS = 9
+ROW_COST_ROUNDS = 5
+# The probe's blocks hold more than this many times the last-level cache (or are all the model's blocks):
+# a 3B model's probe then takes ~0.4 s in bf16 (one block, 192 MB), ~0.5 s in int4 (four, 216 MB).
+CACHE_MULTIPLE = 5
+CACHE_BYTES_UNKNOWN = 32 << 20
 # A draft of 6 tokens and the token before it: more rows would take prompts' path (an fp32 copy of each
 # weight on CPUs without native bf16, allocated by the first such product), which no draft can pay for.
 MAX_VERIFY_ROWS = UPCAST_MIN_ROWS - 1
@@ -34,11 +47,67 @@ def model_row_costs(model: Starcoder2) -> tuple[float, ...] | None:
     it is not measured: on a GPU (a few rows cost as one there) and for models too small to matter."""
     if model.device.type != "cpu" or model.config.weight_bytes(model.dtype.itemsize) < PROBE_MIN_BYTES:
         return None
-    return row_costs(model.model.layers[0].mlp, model.config.hidden_size, model.dtype, MAX_VERIFY_ROWS)
+    blocks, held = [], 0
+    for block in model.model.layers:  # enough to overflow the cache (all of them if that is all there is)
+        blocks.append(block)
+        held += weight_bytes(block)
+        if held > CACHE_MULTIPLE * last_level_cache_bytes():
+            break
+    return row_costs(_Products(blocks), model.config.hidden_size, model.dtype, MAX_VERIFY_ROWS)
+
+
+class _Products(nn.Module):
+    """Every product of `blocks` in turn, on rows of the model's width (the attention output's width for
+    o_proj): what a pass reads, without the attention and norms, which cost little per row."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = blocks  # a plain list: the model's modules, not this probe's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            attention = block.self_attn
+            for project in (attention.q_proj, attention.k_proj, attention.v_proj):
+                project(x)
+            attention.o_proj(x.new_zeros(*x.shape[:-1], attention.n_heads * attention.head_dim))
+            block.mlp(x)
+        return x
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the weights `module`'s products read: quantized layers' packed tensors and scales, others'
+    weights (packed for oneDNN or not) and biases."""
+    total = 0
+    for sub in module.modules():
+        if isinstance(sub, QuantizedLinear):
+            total += sub.weight_bytes
+            continue
+        for name in ("weight", "bias"):
+            t = getattr(sub, name, None)
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache the system reports (Linux's sysfs, first CPU), else `CACHE_BYTES_UNKNOWN`."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=CACHE_BYTES_UNKNOWN)
 
 
 def row_costs(mlp: nn.Module, width: int, dtype: torch.dtype, max_rows: int) -> tuple[float, ...]:
-    """`mlp`'s time on 1..`max_rows` rows of `width`, relative to one row: for each row count, the median
+    """`mlp`'s (any module's) time on 1..`max_rows` rows of `width`, relative to one row: for each row count, the median
     over `ROW_COST_ROUNDS` rounds of its time over that of one row timed just before it (after a warm-up),
     made non-decreasing (a pass never gets cheaper with more rows; a smaller ratio there is noise)."""
     g = torch.Generator().manual_seed(0)

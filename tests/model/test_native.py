@@ -33,7 +33,8 @@ needs_kernel = pytest.mark.skipif(
     reason="sc2's int4 kernel does not run here (needs a C compiler and AVX-512 VNNI and VBMI)",
 )
 SHAPES = [(64, 64), (128, 256), (192, 1024)]
-ROWS = [1, 2, 3, 4, 5, 8, 11]  # the kernel takes 4 rows at a time (its own loop) or 1-3: passes and remainders
+# the kernel takes 4 rows at a time (a loop of their own) or 1-3: whole passes and remainders
+ROWS = [1, 2, 3, 4, 5, 8, 11]
 
 
 def quantized(shape, seed=0):

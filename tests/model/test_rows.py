@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from torch import nn
 
 import sc2cli
 from sc2cli.checkpoint.names import TINY_DIR
+from sc2cli.model import rows
+from sc2cli.model.quant import QuantizedLinear
 from sc2cli.model.rows import MAX_VERIFY_ROWS, model_row_costs, row_costs
 
 
@@ -66,3 +69,34 @@ def test_a_big_enough_model_is_measured_as_loaded(monkeypatch):
     monkeypatch.setattr("sc2cli.model.rows.PROBE_MIN_BYTES", 0)
     costs = model_row_costs(model)
     assert costs is not None and len(costs) == MAX_VERIFY_ROWS and costs[0] == 1.0
+
+
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_the_probe_takes_blocks_until_they_overflow_the_cache(monkeypatch, quantize):
+    """Each of the first blocks' products, in order, on as many blocks as it takes to hold more than
+    CACHE_MULTIPLE caches' worth of the weights as loaded (quantized bytes for a quantized model)."""
+    model = sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu", quantize=quantize)
+    blocks = model.model.layers
+    block_bytes = rows.weight_bytes(blocks[0])
+    linears = [m for m in blocks[0].modules() if isinstance(m, QuantizedLinear)]
+    assert bool(linears) == (quantize == "int4")
+    dense = sum(p.numel() * p.element_size() for p in blocks[0].parameters())  # int4: the norms alone
+    assert block_bytes == dense + sum(m.weight_bytes for m in linears)
+    monkeypatch.setattr("sc2cli.model.rows.PROBE_MIN_BYTES", 0)
+    monkeypatch.setattr(rows, "last_level_cache_bytes", lambda: block_bytes * 1.5 / rows.CACHE_MULTIPLE)
+    called = []
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        for i, block in enumerate(blocks):
+            getattr(block.self_attn, name).register_forward_hook(
+                lambda *_, i=i, n=name: called.append((i, n))
+            )
+    for i, block in enumerate(blocks):
+        block.mlp.register_forward_hook(lambda *_, i=i: called.append((i, "mlp")))
+    model_row_costs(model)
+    assert {i for i, _ in called} == {0, 1}  # one block holds 1 / 1.5 of the "cache", two hold more
+    one_pass = [(0, "q_proj"), (0, "k_proj"), (0, "v_proj"), (0, "o_proj"), (0, "mlp")]
+    assert called[:10] == one_pass + [(1, n) for _, n in one_pass]
+    monkeypatch.setattr(rows, "last_level_cache_bytes", lambda: 1 << 40)
+    called.clear()
+    model_row_costs(model)
+    assert {i for i, _ in called} == set(range(len(blocks)))  # never more than the model has
