@@ -115,8 +115,9 @@ def test_the_plan_offers_the_kernel_only_where_it_runs(monkeypatch):
     monkeypatch.setattr(
         kernels,
         "fastest",
-        lambda candidates, x: measured.append(sorted(candidates))
-        or ("vnni" if "vnni" in candidates else sorted(candidates)[0]),
+        lambda candidates, x: (
+            measured.append(sorted(candidates)) or ("vnni" if "vnni" in candidates else sorted(candidates)[0])
+        ),
     )
     plan = plan_kernels([(128, 256)], "int8", torch.device("cpu"), torch.bfloat16, "auto", remember=False)
     works = native_int8.int8_vnni_works(torch.bfloat16)
