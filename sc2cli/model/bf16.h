@@ -24,6 +24,7 @@ static inline uint16_t float_to_bf16(float f) {
     return (uint16_t)(bits >> 16);
 }
 
+#ifdef __AVX512F__
 static inline __m512 load16(const void *x, int x_is_bf16, int k) { /* x[k..k+15] as fp32 */
     if (x_is_bf16) {
         __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + k));
@@ -31,5 +32,6 @@ static inline __m512 load16(const void *x, int x_is_bf16, int k) { /* x[k..k+15]
     }
     return _mm512_loadu_ps((const float *)x + k);
 }
+#endif
 
 #endif

@@ -27,9 +27,11 @@ decision with its candidate paths:
   or `int8` (the rows rounded to int8, the weights unpacked into int8, `torch._int_mm`: ~1.8x bf16's
   multiply rate with VNNI; the only path that rounds anything the others keep).
 - `int4-decode`: int4 weights times fewer rows than a prompt's (a token and its drafts): `tinygemm`, or
-  `vnni` (native.py: sc2's own kernel, compiled here on first use, where the CPU has AVX-512 VNNI and VBMI;
-  the rows rounded to int8, multiplied by int8 dot products on the packed codes; one row of a 3B matrix, 2
-  threads, AMD Zen 5: 28-30 GB/s of packed weights streamed from memory against tinygemm's 18.7).
+  sc2's own kernels (native_int4.py, compiled here on first use; the rows rounded to int8, multiplied by
+  int8 dot products on the packed codes): `vnni` where the CPU has AVX-512 VNNI and VBMI (one row of a 3B
+  matrix, 2 threads, AMD Zen 5: 28-30 GB/s of packed weights streamed from memory against tinygemm's
+  18.7), `avx2` where it has AVX2 and PyTorch packs its 32-row layout (one row, AMD EPYC with AVX2 only:
+  18-23 GB/s against tinygemm's 4.7-5.9).
 - `attention`: one token's attention under the sdpa backend, `fused` (PyTorch's kernel), `grouped`
   (fp32 matrix products, each K/V head read once per query group; attention.py) or `native` (the same
   maths in sc2's own AVX512-BF16 kernel on the bf16 cache in place, native.py; 3B heads, 2 threads, AMD
@@ -67,7 +69,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only", "vnni"),
     "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8"),
-    "int4-decode": ("tinygemm", "vnni"),
+    "int4-decode": ("tinygemm", "vnni", "avx2"),
     "attention": ("fused", "grouped", "native"),
     "prompt-attention": ("fused", "native"),
 }
@@ -84,7 +86,7 @@ PROBE_ROWS = {
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
-PROBE_VERSION = 5  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 6  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

@@ -16,7 +16,7 @@ for the fastest faithful form on this device and dtype, the paths measured here 
 - `quantize="int4"`: 4-bit weights with group-wise scales through PyTorch's tinygemm kernels (quant.py);
   on a CPU, prompts through tinygemm or through a dense product on weights unpacked chunk by chunk
   (dequant.py), whichever the plan measured faster for the shape; a token and its drafts through tinygemm
-  or sc2's own int8-dot-product kernel (native.py), likewise (`use_prompt_paths`).
+  or sc2's own int8-dot-product kernels (native_int4.py), likewise (`use_prompt_paths`).
 
 Embeddings and layer norms are never quantized; a tied lm_head gets its own quantized copy so the
 embedding lookup keeps full precision. Each weight is quantized and its bf16 original freed before the
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from . import native, native_int8, onednn
+from . import native, native_int4, native_int8, onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_works
 from .device import cpu_has_native_bf16
 from .int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear
@@ -200,7 +200,8 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built:
     if role == "fp32":
         return ["linear"] + (["onednn"] if onednn.fp32_works() else [])
     if role == "int4-decode":
-        return ["tinygemm"] + (["vnni"] if built and native.int4_vnni_works(dtype) else [])
+        own = [path for path in native_int4.KERNELS if built and native_int4.int4_works(path, dtype)]
+        return ["tinygemm", *own]
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
         unpacked += ["int8"] if int8_mm_works() else []

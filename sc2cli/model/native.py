@@ -1,24 +1,18 @@
 """sc2's own CPU kernels, compiled once per machine with the system C compiler and called through ctypes:
-int4_vnni.c (tinygemm's packed int4 weights times a few rows in VNNI's int8 dot products), int8_vnni.c
-(int8 weights, likewise), int8_rows.c (rounding a prompt's rows to int8 and scaling int8 products back,
-for the prompt paths; these two are called through native_int8.py), bf16_gemv.c
-(dense bf16 weights times a few rows in AVX512-BF16's dot products) and attention_one.c (one token's
-attention over the bf16 KV cache; with the rotary embedding and cache write before it, through
-native_attention.py).
-
-Why native code: PyTorch's int4 kernel unpacks each weight into floating point and multiplies in fp32,
-so on two cores it is bound by that arithmetic (~18-20 GB/s of packed weights on an AMD Zen 5 where memory
-gives 80), while the same bytes multiplied as int8 codes against int8-rounded activations take a quarter
-of the instructions. Nothing is installed for it: a machine without a C compiler, without AVX-512 VNNI
-and VBMI, or whose kernel disagrees with PyTorch's own keeps tinygemm (`int4_vnni_works`).
+int4_vnni.c and int4_avx2.c (tinygemm's packed int4 weights times a few rows in int8 dot products, with
+AVX-512 VNNI or with AVX2; called through native_int4.py), int8_vnni.c (int8 weights, likewise), int8_rows.c
+(rounding a prompt's rows to int8 and scaling int8 products back, for the prompt paths; these two are
+called through native_int8.py), bf16_gemv.c (dense bf16 weights times a few rows in AVX512-BF16's dot
+products) and attention_one.c (one token's attention over the bf16 KV cache; with the rotary embedding and
+cache write before it, through native_attention.py).
 
 Why a bf16 kernel: on CPUs with native bf16, PyTorch's and oneDNN's one-row bf16 products were measured
 reading 40-60% of the memory's speed (AMD Zen 5 in a slow hour: 12.6 and 18-19 GB/s where a sum read 32)
 where bf16_gemv reads 26-29; it is one more candidate the decode probe measures (`bf16_gemv_works`).
 
-Each compiled library is kept in the user cache folder under a name derived from its source, the flags
-and the compiler, and loaded only when it is the current user's and no one else can write it or its
-folder.
+Each compiled library is kept in the user cache folder under a name derived from its source, the headers
+beside it, the flags and the compiler, and loaded only when it is the current user's and no one else can
+write it or its folder.
 """
 
 from __future__ import annotations
@@ -37,7 +31,6 @@ from pathlib import Path
 import torch
 
 from ..folders import cache_folder, owned_by_user
-from .dequant import Layout, Native, UnpackScratch, cpu_layout, int8_mm_works, int8_product
 
 _pointer, _int = ctypes.c_void_p, ctypes.c_int
 # Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), and its
@@ -49,6 +42,12 @@ LIBRARIES = {
         ("int4_vnni_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _int, _pointer, _pointer, _int,
                                 _int, _pointer]),
         ("int4_unpack_int8", _int, [_pointer, _int, _int, _int, _int, _pointer, _int, _pointer, _int]),
+    ),
+    "int4_avx2": (
+        ("-mavx2", "-mfma"),
+        ("avx2", "fma"),
+        ("int4_avx2_mm", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _int, _pointer, _pointer, _int,
+                                _int, _pointer]),
     ),
     "int8_vnni": (  # fp32 steps in the prompt path's order: no contracting into fused multiply-adds
         ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma", "-ffp-contract=off"),
@@ -79,28 +78,8 @@ LIBRARIES = {
     ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own
-HEADER = Path(__file__).with_name("bf16.h")  # included by each source: part of every library's key
+HEADERS = ("bf16.h", "int4_rows.h")  # included by the sources: part of every library's key
 COMPILE_SECONDS = 120
-LAYOUT = Layout(64, 32)  # the packing the kernel reads (dequant.py)
-# The kernel's products against tinygemm's, relative (norm of the difference over the norm): rounding
-# activations to int8 costs ~1% on random rows; a misread layout would cost ~100%.
-AGREEMENT = 0.03
-
-
-def int4_vnni_works(dtype: torch.dtype) -> bool:
-    """Whether the kernel runs here for a model of `dtype` (bf16 scales only) and agrees with tinygemm."""
-    return dtype == torch.bfloat16 and cpu_layout(dtype) == LAYOUT and _built("int4_vnni") and _agrees()
-
-
-def int4_vnni_fits(out_features: int, in_features: int, group: int) -> bool:
-    """Whether the kernel takes a weight of this shape: whole 64-row blocks, groups of whole 16 inputs (the
-    rows are rounded to int8 16 at a time)."""
-    return out_features % LAYOUT.block == 0 and group % 16 == 0 and in_features % group == 0
-
-
-def scratch_bytes(rows: int, in_features: int, group: int) -> int:
-    """The kernel's working memory: the rows in int8, their scales, and two sums per group."""
-    return rows * (in_features + 4 + 8 * (in_features // group))
 
 
 class _Product:
@@ -144,83 +123,6 @@ class _Product:
 
 def _pointer_of(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
-
-
-class Int4Product(_Product):
-    """A packed int4 weight (N, K/2) with its (K/group, N, 2) bf16 scales and zeros and `bias` (N,)."""
-
-    library = "int4_vnni"
-
-    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int,
-                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
-        bias = None if bias is None else bias.to(dtype).contiguous()
-        pointers = (packed.data_ptr(), scales_and_zeros.data_ptr(), group, _pointer_of(bias))
-        super().__init__(
-            packed.shape[0], packed.shape[1] * 2, (packed, scales_and_zeros, bias), pointers, dtype
-        )
-        self.group = group
-
-    def scratch_bytes(self, rows: int) -> int:
-        return scratch_bytes(rows, self.K, self.group)
-
-
-def int4_vnni_mm(
-    x2d: torch.Tensor,
-    packed: torch.Tensor,
-    scales_and_zeros: torch.Tensor,
-    group: int,
-    scratch: torch.Tensor,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`x2d` (rows, K) bf16 or fp32 times the packed weight, plus `bias`, through an `Int4Product` made for
-    this one call: (rows, N) in x2d's dtype. `scratch`: at least `scratch_bytes` uint8."""
-    return Int4Product(packed, scales_and_zeros, group, bias, x2d.dtype)(x2d.contiguous(), scratch)
-
-
-def unpack_int8(
-    packed: torch.Tensor, span: tuple[int, int], multipliers: torch.Tensor, group: int, out: torch.Tensor
-) -> torch.Tensor:
-    """Rows [start, end) of a packed int4 weight (`LAYOUT`, whole blocks) into `out` (K, end - start) int8,
-    rows in their own order: (code - 8) * `multipliers` (K/group, end - start) int8, in one pass (the
-    unpacking int8 prompts need, dequant.py; what `_codes` and four PyTorch operations do, in order
-    (nibble, byte))."""
-    library = _library("int4_vnni")
-    assert library is not None, "unpack_int8 called where int4_vnni_works is False"
-    (start, end), (N, K) = span, (packed.shape[0], packed.shape[1] * 2)
-    status = library.int4_unpack_int8(
-        packed.data_ptr(), K, N, start, end - start, multipliers.data_ptr(), group, out.data_ptr(),
-        torch.get_num_threads(),
-    )  # fmt: skip
-    if status:
-        raise ValueError(f"cannot unpack rows {start}..{end} of {N}x{K} in groups of {group}")
-    return out
-
-
-@functools.cache
-def _agrees() -> bool:
-    """The kernel against tinygemm on a random weight with several row counts (the layout is checked, not
-    assumed), and its unpacking for prompts against PyTorch's operations, bit for bit; False where it
-    cannot be built."""
-    if _library("int4_vnni") is None:
-        return False
-    from .quant import quantize_and_pack_int4  # quant.py imports this module
-
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(128, 256, generator=generator) * 0.02
-    packed, scales_and_zeros, row_scales = quantize_and_pack_int4(weight, 64)
-    scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
-    for rows, dtype in ((1, torch.bfloat16), (5, torch.float32)):
-        x = torch.randn(rows, 256, generator=generator).to(torch.bfloat16)
-        expected = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 64, scales_and_zeros).float()
-        scratch = torch.empty(scratch_bytes(rows, 256, 64), dtype=torch.uint8)
-        got = int4_vnni_mm(x.to(dtype), packed, scales_and_zeros, 64, scratch).float()
-        if not bool((got - expected).norm() <= AGREEMENT * expected.norm()):
-            return False
-    if int8_mm_works():
-        x = torch.randn(20, 256, generator=generator).to(torch.bfloat16)
-        prompt = (x, packed, scales_and_zeros, row_scales, LAYOUT, UnpackScratch())
-        return torch.equal(int8_product(*prompt), int8_product(*prompt, Native(unpack=unpack_int8)))
-    return True
 
 
 def bf16_gemv_works() -> bool:
@@ -386,10 +288,11 @@ def _library(name: str) -> ctypes.CDLL | None:
     return library
 
 
-def library_path(compiler: str, name: str = "int4_vnni") -> Path:
+def library_path(compiler: str, name: str) -> Path:
     """Where library `name` built from its source, with its flags, by this compiler is kept."""
     how = repr((FLAGS, LIBRARIES[name][0], compiler, _version(compiler))).encode()
-    key = hashlib.sha256(_source(name).read_bytes() + HEADER.read_bytes() + how).hexdigest()[:16]
+    headers = b"".join(Path(__file__).with_name(h).read_bytes() for h in HEADERS)
+    key = hashlib.sha256(_source(name).read_bytes() + headers + how).hexdigest()[:16]
     return cache_folder() / "native" / f"{name}-{key}.so"
 
 

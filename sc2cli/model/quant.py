@@ -8,7 +8,8 @@ once per machine; and int4 weights (int8 ones: int8.py).
   chunk by chunk into a shared scratch buffer and multiplied densely (dequant.py; in bf16, in fp32 by
   `torch.mm` or oneDNN, or in int8 with the rows rounded to int8). Each group's scale is a whole multiple
   of its row's scale, so the int8 product multiplies the very weights tinygemm does. A token and its drafts
-  may instead take sc2's own kernel on the same packed bytes (native.py: int8-rounded rows, VNNI).
+  may instead take sc2's own kernel on the same packed bytes (native_int4.py: int8-rounded rows, AVX-512
+  VNNI or AVX2).
 
 Every quantizer works on a block of output rows at a time, so its fp32 temporaries stay small next to
 the weights: peak memory while quantizing stays near the bf16 model.
@@ -22,7 +23,7 @@ import functools
 import torch
 from torch import nn
 
-from . import native, native_int8, onednn
+from . import native_int4, native_int8, onednn
 from .dequant import (
     MULTIPLIER_MAX,
     Layout,
@@ -202,7 +203,7 @@ class Int4Linear(QuantizedLinear):
     `dequant-fp32` (into fp32, multiplied in fp32, by `torch.mm` or oneDNN), or `int8` (the rows quantized
     to int8, the weights unpacked into int8: needs `row_scales`, which quantize_int4 makes), all through
     `scratch`, which the model's int4 layers share (`use_prompt_path`). `decode` is the path of fewer rows
-    on a CPU: `tinygemm`, or `vnni` (native.py: sc2's own kernel, the rows rounded to
+    on a CPU: `tinygemm`, or `vnni` or `avx2` (native_int4.py: sc2's own kernels, the rows rounded to
     int8 as the `int8` prompt path rounds them; `use_decode_path`)."""
 
     kind = "int4"
@@ -218,7 +219,7 @@ class Int4Linear(QuantizedLinear):
         self.prompt, self.decode, self.scratch = "tinygemm", "tinygemm", UnpackScratch()
         self.layout: Layout | None = None  # tinygemm's CPU layout, once a prompt path unpacks it
         self.few = INT4_PROMPT_ROWS  # products of fewer rows take the decode path
-        self.product: native.Int4Product | None = None  # the `vnni` decode path, bound to these weights
+        self.product: native_int4.Int4Product | None = None  # a native decode path, bound to these weights
         self.helpers = Native()  # sc2's own helpers for the `int8` prompt path, where they run here
 
     def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
@@ -239,14 +240,17 @@ class Int4Linear(QuantizedLinear):
         """Take `path` for products of fewer rows than a prompt's where it runs here (tinygemm otherwise);
         returns the path taken."""
         runs = (
-            path == "vnni"
+            path in native_int4.KERNELS
             and self.packed.device.type == "cpu"
-            and native.int4_vnni_fits(self.out_features, self.in_features, self.group)
-            and native.int4_vnni_works(self.scales_and_zeros.dtype)
+            and native_int4.int4_fits(self.out_features, self.in_features, self.group, path)
+            and native_int4.int4_works(path, self.scales_and_zeros.dtype)
         )
         self.decode = path if runs else "tinygemm"
         sz = self.scales_and_zeros
-        self.product = native.Int4Product(self.packed, sz, self.group, self.bias, sz.dtype) if runs else None
+        product = (
+            native_int4.Int4Product(self.packed, sz, self.group, self.bias, sz.dtype, path) if runs else None
+        )
+        self.product = product
         return self.decode
 
     @classmethod
@@ -301,10 +305,10 @@ class Int4Linear(QuantizedLinear):
 def _helpers(scales_and_zeros: torch.Tensor, layout: Layout) -> Native:
     """sc2's native helpers for int8 prompts that run here: unpacking where the int4 kernel runs on this
     layout, rounding and scaling where they agree with PyTorch."""
-    unpack = layout == native.LAYOUT and native.int4_vnni_works(scales_and_zeros.dtype)
+    unpack = layout == native_int4.LAYOUT and native_int4.int4_vnni_works(scales_and_zeros.dtype)
     rows = native_int8.int8_rows_work()
     return Native(
-        native.unpack_int8 if unpack else None,
+        native_int4.unpack_int8 if unpack else None,
         native_int8.round_rows_int8 if rows else None,
         native_int8.scale_rows if rows else None,
     )
