@@ -25,7 +25,6 @@ from .native import _built, _library, _pointer_of, _Product  # the build machine
 KERNELS = {"vnni": "int4_vnni", "avx2": "int4_avx2"}  # decode path -> library
 LAYOUTS = {"vnni": Layout(64, 32), "avx2": Layout(32, 16)}  # the packing each reads (dequant.py)
 LAYOUT = LAYOUTS["vnni"]  # the packing `unpack_int8` reads
-GROUPS = {"vnni": 16, "avx2": 32}  # each kernel's groups are whole multiples of these many inputs
 # A kernel's products against tinygemm's, relative (norm of the difference over the norm): rounding
 # activations to int8 costs ~1% on random rows; a misread layout would cost ~100%.
 AGREEMENT = 0.03
@@ -51,10 +50,10 @@ def int4_vnni_works(dtype: torch.dtype) -> bool:
 
 
 def int4_fits(out_features: int, in_features: int, group: int, path: str = "vnni") -> bool:
-    """Whether kernel `path` takes a weight of this shape: whole blocks of rows, groups of whole `GROUPS`
-    inputs (the rows are rounded to int8 16 at a time; AVX2's int16 sums are widened every 32 inputs)."""
+    """Whether kernel `path` takes a weight of this shape: whole blocks of rows, groups of whole 16 inputs
+    (the rows are rounded to int8 16 at a time; AVX2's int16 sums are widened every 16 inputs)."""
     block = LAYOUTS[path].block
-    return out_features % block == 0 and group % GROUPS[path] == 0 and in_features % group == 0
+    return out_features % block == 0 and group % 16 == 0 and in_features % group == 0
 
 
 def scratch_bytes(rows: int, in_features: int, group: int) -> int:
