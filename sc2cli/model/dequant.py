@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -298,6 +299,31 @@ def int8_mm_works() -> bool:
     except (AttributeError, NotImplementedError, RuntimeError):
         return False
     return bool(torch.equal(got, a.long().mm(b.long()).int()))
+
+
+# `torch._int_mm` slower than fp32's product of the same shape by more than this is a plain loop, not a
+# kernel (PyTorch 2.13 on an AVX2-only AMD EPYC: 1 GOPS against fp32's 83), and no int8 path can win on it
+INT8_MM_SLOWER = 4
+
+
+@functools.cache
+def int8_mm_fast() -> bool:
+    """Whether `torch._int_mm` runs (`int8_mm_works`) and is a real kernel here: timed side by side with fp32's
+    product of the same shape. Without this, the kernel probe spent about a minute of a 3B model's first
+    load timing the int8 prompt path through such a loop."""
+    if not int8_mm_works():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (64, 512), generator=generator, dtype=torch.int8)
+    b = torch.randint(-127, 128, (512, 256), generator=generator, dtype=torch.int8)
+    fa, fb = a.float(), b.float()
+    best = {"int8": math.inf, "fp32": math.inf}
+    for _ in range(3):  # interleaved, best of each: other work on the machine only ever adds time
+        for name, run in (("int8", lambda: torch._int_mm(a, b)), ("fp32", lambda: fa @ fb)):
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["int8"] <= INT8_MM_SLOWER * best["fp32"]
 
 
 @functools.cache

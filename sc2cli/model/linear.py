@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import InputError
 from . import native, native_int4, native_int8, onednn
-from .dequant import UnpackScratch, cpu_layout, int8_mm_works
+from .dequant import UnpackScratch, cpu_layout, int8_mm_fast, int8_mm_works
 from .device import cpu_has_native_bf16
 from .int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear
 from .kernels import PROBE_MAX_OUT, Choices, choose, measure_again, parse_forced
@@ -167,6 +167,8 @@ def plan_kernels(
         for role in (r for r in _roles(quantize, shape, dtype) if roles is None or r in roles):
             built = not small or role in forced  # a small model compiles nothing it would not measure
             available = _available(role, dtype, plan[shape].get("prefill"), built)
+            if forced.get(role) not in available:  # what is measured: the paths that can win
+                available = [path for path in available if _worth_timing(role, path)]
             make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
             plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default)
@@ -213,6 +215,12 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built:
     if not paths:
         raise InputError("--quantize int8 on this device needs --dtype bf16 or fp16")
     return paths
+
+
+def _worth_timing(role: str, path: str) -> bool:
+    """Whether a path that runs here can win at all: int8 prompts not where `torch._int_mm` is a plain loop
+    (forced, they still run)."""
+    return not (role == "int4-prompt" and path == "int8") or int8_mm_fast()
 
 
 def _default(role: str, available: list[str]) -> str:

@@ -19,6 +19,7 @@ from sc2cli.model.dequant import (
     KNOWN_LAYOUTS,
     UnpackScratch,
     cpu_layout,
+    int8_mm_fast,
     int8_mm_works,
     unpacked_product,
 )
@@ -262,11 +263,11 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
     monkeypatch.setattr(
         kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "dequant"
     )
-    decode = "int4-decode=tinygemm"  # measured in test_native.py
+    decode = "int4-decode=tinygemm"  # measured in test_native_int4.py
     first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, decode)
     assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant", "int4-decode": "tinygemm"}
     unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
-    unpacked += ["int8"] if int8_mm_works() else []
+    unpacked += ["int8"] if int8_mm_fast() else []
     assert measured == [[*unpacked, "tinygemm"]] * 2
     assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, decode) == first  # remembered
     assert len(measured) == 2
@@ -339,3 +340,24 @@ def test_int4_prompt_paths_are_measured_after_the_weights_are_quantized(tmp_path
     )
     assert order == [load.STORED_ROLES, "loaded", load.RUN_TIME_ROLES]
     assert "int4 prompts tinygemm" in model.kernels
+
+
+def test_a_plain_loop_for_int8_products_is_not_offered(monkeypatch):
+    """`torch._int_mm` that sums exactly but at a loop's speed (as PyTorch's is on AVX2-only CPUs) is not
+    worth timing as an int4 prompt path; one as fast as fp32's product is."""
+    from sc2cli.model import dequant
+
+    real, fp32 = torch._int_mm, torch.Tensor.__matmul__
+
+    def loop(a, b):  # the exact sums, after as long as ~20 fp32 products of the shape take
+        for _ in range(20):
+            fp32(a.float(), b.float())
+        return real(a, b)
+
+    for int_mm, fast in ((loop, False), (lambda a, b: fp32(a.float(), b.float()).int(), True)):
+        monkeypatch.setattr(torch, "_int_mm", int_mm)
+        dequant.int8_mm_fast.cache_clear()
+        try:
+            assert dequant.int8_mm_fast() == (fast and int8_mm_works())
+        finally:
+            dequant.int8_mm_fast.cache_clear()
