@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import sc2cli
 from sc2cli.completion.tokenizer import CONTROL_TOKENS as CONTROL
+from sc2cli.model.dequant import int8_mm_fast
 
 from .fixtures import has_tokenizer_fixture, tokenizer_fixture
 
@@ -130,6 +131,8 @@ def bf16_loss(tok) -> float:
 def test_int4_keeps_the_heldout_loss_near_bf16(tok, bf16_loss, prompts, monkeypatch) -> None:
     """The int4 scheme (whole-multiple scales) and its int8 prompt path, on a model that has learned: a
     wrong scale, zero or column order costs far more than the 0.03 nats measured."""
+    if prompts == "int8" and not int8_mm_fast():  # ~25 s through the loop; its maths hold on any CPU
+        pytest.skip("torch._int_mm is a plain loop here (PyTorch without an int8 kernel for this CPU)")
     monkeypatch.setenv("SC2_KERNELS", f"int4-prompt={prompts}")
     int4 = sc2cli.load_model(TINY, device="cpu", dtype="bf16", attn="sdpa", quantize="int4")
     if f"int4 prompts {prompts}" not in int4.kernels:
