@@ -3,7 +3,8 @@ int4_vnni.c and int4_avx2.c (tinygemm's packed int4 weights times a few rows in 
 AVX-512 VNNI or with AVX2; called through native_int4.py), int8_vnni.c (int8 weights, likewise), int8_rows.c
 (rounding a prompt's rows to int8 and scaling int8 products back, for the prompt paths; these two are
 called through native_int8.py), bf16_gemv.c (dense bf16 weights times a few rows in AVX512-BF16's dot
-products) and attention_one.c (one token's attention over the bf16 KV cache; with the rotary embedding and
+products; bf16_avx2.c, the same with AVX2's fused multiply-adds, where the CPU has no native bf16) and
+attention_one.c (one token's attention over the bf16 KV cache; with the rotary embedding and
 cache write before it, through native_attention.py).
 
 Why a bf16 kernel: on CPUs with native bf16, PyTorch's and oneDNN's one-row bf16 products were measured
@@ -67,6 +68,11 @@ LIBRARIES = {
         ("avx512f", "avx512bw", "avx512_bf16"),
         ("bf16_gemv", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _int]),
     ),
+    "bf16_avx2": (  # bf16_gemv.c's function for CPUs without native bf16 (`_bf16_library`)
+        ("-mavx2", "-mfma"),
+        ("avx2", "fma"),
+        ("bf16_gemv", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _int]),
+    ),
     "attention_one": (
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
         ("avx512f", "avx512bw", "avx512_bf16"),
@@ -78,7 +84,7 @@ LIBRARIES = {
     ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own
-HEADERS = ("bf16.h", "int4_rows.h")  # included by the sources: part of every library's key
+HEADERS = ("bf16.h", "bf16_rows.h", "int4_rows.h")  # included by the sources: part of every library's key
 COMPILE_SECONDS = 120
 
 
@@ -139,7 +145,7 @@ def bf16_gemv_fits(weight: torch.Tensor) -> bool:
 def bf16_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`x` (..., K) times `weight` (N, K) transposed, plus `bias`, all bf16: (..., N), every row computed
     as it would be alone."""
-    library = _library("bf16_gemv")
+    library = _bf16_library()
     assert library is not None, "bf16_gemv called where bf16_gemv_works is False"
     shape, (N, K) = x.shape, weight.shape
     x2d = x.reshape(-1, K).contiguous()
@@ -153,10 +159,15 @@ def bf16_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return out.view(*shape[:-1], N)
 
 
+def _bf16_library() -> ctypes.CDLL | None:
+    """The bf16 kernel for this CPU: AVX512-BF16's dot products where it has them, else AVX2's FMAs."""
+    return _library("bf16_gemv") or _library("bf16_avx2")
+
+
 @functools.cache
 def _bf16_agrees() -> bool:
     """The kernel against float64 maths, within bf16's rounding of the result, for 1 to 4 rows."""
-    if _library("bf16_gemv") is None:
+    if _bf16_library() is None:
         return False
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(36, 96, generator=generator).bfloat16()

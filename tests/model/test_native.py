@@ -75,8 +75,16 @@ def checkpoint(tmp_path_factory):
 
 needs_bf16_kernel = pytest.mark.skipif(
     not native.bf16_gemv_works(),
-    reason="sc2's bf16 kernel does not run here (needs a C compiler and native bf16)",
+    reason="sc2's bf16 kernel does not run here (needs a C compiler, and native bf16 or AVX2 and FMA)",
 )
+
+
+def test_the_bf16_kernel_runs_wherever_it_builds():
+    """Built here (AVX512-BF16's or, without native bf16, AVX2's), it must agree with exact maths: a kernel
+    that computed wrongly would otherwise be set aside quietly and its tests skipped."""
+    if native._bf16_library() is None:
+        pytest.skip("no bf16 kernel builds here (needs a C compiler, and native bf16 or AVX2 and FMA)")
+    assert native.bf16_gemv_works()
 
 
 @needs_bf16_kernel

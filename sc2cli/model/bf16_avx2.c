@@ -1,0 +1,61 @@
+/* bf16 weights times a token and its drafts with AVX2 and FMA: bf16_gemv.c for CPUs without native bf16.
+   Each bf16 (weights and x) widened to fp32 exactly (its bits shifted up), then fused multiply-adds: a
+   bf16 x bf16 product is exact in fp32, so each output is the exact products summed in fp32 and rounded
+   to bf16 once, like bf16_gemv.c's (in another order of sums).
+
+   Read by sc2cli/model/native.py, which compiles it where the CPU has AVX2 and FMA but not AVX512-BF16 and
+   exports it under bf16_gemv.c's name and signature; the decode probe measures it against PyTorch's
+   product like that kernel. Measured on an AMD EPYC exposing only AVX2 (2 threads): PyTorch's one-row bf16
+   product read 13-22 GB/s of 3B matrices there. Each block of 4 output rows (8 for a token alone) is read
+   once for up to 2 rows of x at a time; each output is its row's alone (the same operations whatever the
+   row count or block). */
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bf16.h"
+
+#define OUT_ROWS 4 /* weight rows per block for a token and its drafts */
+#define WIDE_ROWS 8 /* for a token alone: eight accumulators, as many as keep the FMA units busy */
+#define X_ROWS 2    /* 2 x 4 accumulators, the x rows and a weight in 16 registers */
+
+static inline __m256 widen8(const uint16_t *p) { /* 8 bf16 as fp32: exact */
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static inline float sum8(__m256 v) {
+    __m128 four = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+
+/* Rows [0, M) (M <= X_ROWS) of x times weight rows [n0, n0 + R): sums (M, R). Inlined with M and R
+   constants, so the accumulators live in registers; each sum's order is the same whatever M and R. */
+static inline __attribute__((always_inline)) void block(const uint16_t *const *x, int M, int R, int K,
+                                                        const uint16_t *w, int n0, float *sums) {
+    __m256 acc[X_ROWS][WIDE_ROWS];
+    for (int m = 0; m < M; m++)
+        for (int r = 0; r < R; r++) acc[m][r] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k += 8) {
+        __m256 xs[X_ROWS];
+        for (int m = 0; m < M; m++) xs[m] = widen8(x[m] + k);
+        for (int r = 0; r < R; r++) {
+            __m256 weights = widen8(w + (size_t)(n0 + r) * K + k);
+            for (int m = 0; m < M; m++) acc[m][r] = _mm256_fmadd_ps(weights, xs[m], acc[m][r]);
+        }
+    }
+    for (int m = 0; m < M; m++)
+        for (int r = 0; r < R; r++) sums[m * R + r] = sum8(acc[m][r]);
+}
+
+static void rows_block(const uint16_t *const *x, int M, int R, int K, const uint16_t *w, int n0, float *sums) {
+    if (R == WIDE_ROWS)
+        block(x, 1, WIDE_ROWS, K, w, n0, sums); /* a token alone */
+    else if (M == 1)
+        block(x, 1, OUT_ROWS, K, w, n0, sums);
+    else
+        block(x, 2, OUT_ROWS, K, w, n0, sums);
+}
+
+#include "bf16_rows.h" /* bf16_gemv: bf16_gemv.c's sizes and results' rounding */
