@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.attention import plan_prompt_attention, plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
-from ..model.kernels import ROLES
+from ..model.kernels import ROLES, Choices, measure_again
 from ..model.linear import (
     KINDS,
     PROBE_MIN_BYTES,
@@ -255,7 +255,7 @@ def choose_run_paths(model: Starcoder2, backend: str, kernels: str | None = None
     measure = config.weight_bytes(dtype.itemsize) >= PROBE_MIN_BYTES
     one = plan_single_query(config, backend, device, dtype, kernels, measure)
     model.set_attention(backend, one, plan_prompt_attention(config, backend, device, dtype, kernels, measure))
-    model.row_costs = model_row_costs(model)
+    model.row_costs = model_row_costs(model, Choices(fresh=measure_again(kernels)))
     notes = [f"one-token attention {one}"] if one != "fused" else []
     notes += [f"prompt attention {model.prompt_attention}"] if model.prompt_attention != "fused" else []
     return "".join(f"; {note}" for note in notes)

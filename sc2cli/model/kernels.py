@@ -44,7 +44,8 @@ decision with its candidate paths:
 
 `choose` times each candidate on the model's own weights of each distinct shape (a few repetitions,
 interleaved) and remembers the winner per machine (CPU model and flags, threads) and torch version in
-`kernels.json` in the user cache folder, so the probe runs once per machine. `SC2_KERNELS` (or the
+`kernels.json` in the user cache folder, so the probe runs once per machine (the speculative cost curve
+of a model's kernels, rows.py, likewise). `SC2_KERNELS` (or the
 `kernels` argument of `prepare`) forces paths: `auto`, a path name (`linear`), or `role=path` pairs
 (`decode=onednn,int8=weight-only`); roles it leaves out are measured. `measure` measures every choice
 the load needs again and remembers the new winners (a probe run while the machine was busy can have
@@ -167,6 +168,18 @@ class Choices:
 
     def put(self, role: str, shape: tuple[int, int], path: str) -> None:
         self.mine[f"{role} {shape[0]}x{shape[1]}"] = path
+        self.added = True
+
+    def get_curve(self, key: str) -> tuple[float, ...] | None:
+        """A remembered cost curve (rows.py) for `key`, or None."""
+        text = None if self.fresh else self.mine.get(f"curve {key}")
+        try:
+            return tuple(float(value) for value in text.split(",")) if text else None
+        except ValueError:
+            return None
+
+    def put_curve(self, key: str, curve: tuple[float, ...]) -> None:
+        self.mine[f"curve {key}"] = ",".join(f"{value:g}" for value in curve)
         self.added = True
 
     def save(self) -> None:

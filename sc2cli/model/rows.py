@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .kernels import Choices
 from .linear import PROBE_MIN_BYTES, UPCAST_MIN_ROWS
 from .model import Starcoder2
 from .quant import QuantizedLinear
@@ -42,9 +43,11 @@ CACHE_BYTES_UNKNOWN = 32 << 20
 MAX_VERIFY_ROWS = UPCAST_MIN_ROWS - 1
 
 
-def model_row_costs(model: Starcoder2) -> tuple[float, ...] | None:
+def model_row_costs(model: Starcoder2, choices: Choices | None = None) -> tuple[float, ...] | None:
     """The cost curve of `model` as loaded (its kernels chosen), for 1..`MAX_VERIFY_ROWS` rows; None where
-    it is not measured: on a GPU (a few rows cost as one there) and for models too small to matter."""
+    it is not measured: on a GPU (a few rows cost as one there) and for models too small to matter.
+    `choices`: where this machine's curves are remembered (kernels.py), by the model's shapes and
+    kernels: measured once (~0.4-0.5 s of a 3B load), then read; None: measured every time."""
     if model.device.type != "cpu" or model.config.weight_bytes(model.dtype.itemsize) < PROBE_MIN_BYTES:
         return None
     blocks, held = [], 0
@@ -53,7 +56,29 @@ def model_row_costs(model: Starcoder2) -> tuple[float, ...] | None:
         held += weight_bytes(block)
         if held > CACHE_MULTIPLE * last_level_cache_bytes():
             break
-    return row_costs(_Products(blocks), model.config.hidden_size, model.dtype, MAX_VERIFY_ROWS)
+    key = _curve_key(model, blocks)
+    remembered = choices.get_curve(key) if choices is not None else None
+    if remembered is not None and len(remembered) == MAX_VERIFY_ROWS:
+        return remembered
+    costs = row_costs(_Products(blocks), model.config.hidden_size, model.dtype, MAX_VERIFY_ROWS)
+    if choices is not None:
+        choices.put_curve(key, costs)
+        choices.save()
+    return costs
+
+
+def _curve_key(model: Starcoder2, blocks: list[nn.Module]) -> str:
+    """What a curve depends on beyond the machine (kernels.py's key): the dtype, the shapes, how many blocks
+    were measured and each product's kernel."""
+    config, first = model.config, blocks[0]
+    attention = first.self_attn
+    products = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj]
+    products += [m for m in first.mlp.modules() if m is not first.mlp and not list(m.children())]
+    kinds = ",".join(
+        f"{getattr(m, 'kind', '') or type(m).__name__}/{getattr(m, 'decode', '')}" for m in products
+    )
+    shape = f"{config.hidden_size}x{config.intermediate_size} heads {config.num_attention_heads}/{config.num_key_value_heads}"
+    return f"row-costs {model.dtype} {shape} blocks {len(blocks)} {kinds}"
 
 
 class _Products(nn.Module):

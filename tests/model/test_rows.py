@@ -100,3 +100,40 @@ def test_the_probe_takes_blocks_until_they_overflow_the_cache(monkeypatch, quant
     called.clear()
     model_row_costs(model)
     assert {i for i, _ in called} == set(range(len(blocks)))  # never more than the model has
+
+
+FAKE_CURVE = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75)[:MAX_VERIFY_ROWS]
+
+
+def test_a_curve_is_remembered_per_machine_and_kernels(monkeypatch, tmp_path):
+    """Measured once and read after (its key: the machine's, then the dtype, shapes and each product's
+    kernel); `fresh` (SC2_KERNELS=measure) measures again; without a memory it is always measured."""
+    from sc2cli.model.kernels import Choices
+
+    model = sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu")
+    other = sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu", quantize="int4")
+    monkeypatch.setattr("sc2cli.model.rows.PROBE_MIN_BYTES", 0)
+    measured = []
+    monkeypatch.setattr(rows, "row_costs", lambda *a: measured.append(a) or FAKE_CURVE)
+    path = tmp_path / "kernels.json"
+    assert model_row_costs(model, Choices(path)) == FAKE_CURVE and len(measured) == 1
+    assert model_row_costs(model, Choices(path)) == FAKE_CURVE and len(measured) == 1
+    assert model_row_costs(model, Choices(path, fresh=True)) == FAKE_CURVE and len(measured) == 2
+    model_row_costs(other, Choices(path))  # other kernels: its own curve
+    assert len(measured) == 3
+    model_row_costs(model)
+    assert len(measured) == 4
+    path.write_text(path.read_text().replace("1.25", "x"))  # a damaged entry is measured again
+    assert model_row_costs(model, Choices(path)) == FAKE_CURVE and len(measured) == 5
+
+
+def test_loading_reads_the_remembered_curve(monkeypatch):
+    monkeypatch.setattr("sc2cli.model.rows.PROBE_MIN_BYTES", 0)
+    measured = []
+    monkeypatch.setattr(rows, "row_costs", lambda *a: measured.append(a) or FAKE_CURVE)
+    for _ in range(2):
+        assert sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu").row_costs == FAKE_CURVE
+    assert len(measured) == 1
+    monkeypatch.setenv("SC2_KERNELS", "measure")
+    sc2cli.load_model(TINY_DIR, dtype="bf16", device="cpu")
+    assert len(measured) == 2
