@@ -9,6 +9,7 @@ double the peak). Pickled `*.bin` checkpoints are refused: loading them runs arb
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
@@ -255,7 +256,7 @@ def choose_run_paths(model: Starcoder2, backend: str, kernels: str | None = None
     measure = config.weight_bytes(dtype.itemsize) >= PROBE_MIN_BYTES
     one = plan_single_query(config, backend, device, dtype, kernels, measure)
     model.set_attention(backend, one, plan_prompt_attention(config, backend, device, dtype, kernels, measure))
-    model.row_costs = model_row_costs(model, Choices(fresh=measure_again(kernels)))
+    model.row_costs = model_row_costs(model, functools.partial(Choices, fresh=measure_again(kernels)))
     notes = [f"one-token attention {one}"] if one != "fused" else []
     notes += [f"prompt attention {model.prompt_attention}"] if model.prompt_attention != "fused" else []
     return "".join(f"; {note}" for note in notes)

@@ -155,7 +155,7 @@ static inline __attribute__((always_inline)) void block_product(
 
 #include "int4_rows.h"
 
-/* out (M, N) = x (M, K) times the weight (int4_rows.h), N a multiple of 32, `group` of 32. */
+/* out (M, N) = x (M, K) times the weight (int4_rows.h), N a multiple of 32. */
 int int4_avx2_mm(const void *x, int M, int K, int N, const uint8_t *packed, const uint16_t *sz, int group,
                  const void *bias, void *out, int bf16, int threads, void *scratch) {
     return int4_rows_mm(x, M, K, N, packed, sz, group, bias, out, bf16, threads, scratch);

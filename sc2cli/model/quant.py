@@ -247,10 +247,9 @@ class Int4Linear(QuantizedLinear):
         )
         self.decode = path if runs else "tinygemm"
         sz = self.scales_and_zeros
-        product = (
+        self.product = (
             native_int4.Int4Product(self.packed, sz, self.group, self.bias, sz.dtype, path) if runs else None
         )
-        self.product = product
         return self.decode
 
     @classmethod

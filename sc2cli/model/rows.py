@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,11 +44,14 @@ CACHE_BYTES_UNKNOWN = 32 << 20
 MAX_VERIFY_ROWS = UPCAST_MIN_ROWS - 1
 
 
-def model_row_costs(model: Starcoder2, choices: Choices | None = None) -> tuple[float, ...] | None:
+def model_row_costs(
+    model: Starcoder2, choices: Callable[[], Choices] | None = None
+) -> tuple[float, ...] | None:
     """The cost curve of `model` as loaded (its kernels chosen), for 1..`MAX_VERIFY_ROWS` rows; None where
     it is not measured: on a GPU (a few rows cost as one there) and for models too small to matter.
-    `choices`: where this machine's curves are remembered (kernels.py), by the model's shapes and
-    kernels: measured once (~0.4-0.5 s of a 3B load), then read; None: measured every time."""
+    `choices`: makes where this machine's curves are remembered (kernels.py; made only for a model that is
+    measured, as reading it costs ~7 ms), by the model's shapes and kernels: measured once (~0.4-1.3 s of
+    a 3B load), then read; None: measured every time."""
     if model.device.type != "cpu" or model.config.weight_bytes(model.dtype.itemsize) < PROBE_MIN_BYTES:
         return None
     blocks, held = [], 0
@@ -56,14 +60,14 @@ def model_row_costs(model: Starcoder2, choices: Choices | None = None) -> tuple[
         held += weight_bytes(block)
         if held > CACHE_MULTIPLE * last_level_cache_bytes():
             break
-    key = _curve_key(model, blocks)
-    remembered = choices.get_curve(key) if choices is not None else None
+    key, memory = _curve_key(model, blocks), choices() if choices is not None else None
+    remembered = memory.get_curve(key) if memory is not None else None
     if remembered is not None and len(remembered) == MAX_VERIFY_ROWS:
         return remembered
     costs = row_costs(_Products(blocks), model.config.hidden_size, model.dtype, MAX_VERIFY_ROWS)
-    if choices is not None:
-        choices.put_curve(key, costs)
-        choices.save()
+    if memory is not None:
+        memory.put_curve(key, costs)
+        memory.save()
     return costs
 
 

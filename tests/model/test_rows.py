@@ -116,15 +116,15 @@ def test_a_curve_is_remembered_per_machine_and_kernels(monkeypatch, tmp_path):
     measured = []
     monkeypatch.setattr(rows, "row_costs", lambda *a: measured.append(a) or FAKE_CURVE)
     path = tmp_path / "kernels.json"
-    assert model_row_costs(model, Choices(path)) == FAKE_CURVE and len(measured) == 1
-    assert model_row_costs(model, Choices(path)) == FAKE_CURVE and len(measured) == 1
-    assert model_row_costs(model, Choices(path, fresh=True)) == FAKE_CURVE and len(measured) == 2
-    model_row_costs(other, Choices(path))  # other kernels: its own curve
+    assert model_row_costs(model, lambda: Choices(path)) == FAKE_CURVE and len(measured) == 1
+    assert model_row_costs(model, lambda: Choices(path)) == FAKE_CURVE and len(measured) == 1
+    assert model_row_costs(model, lambda: Choices(path, fresh=True)) == FAKE_CURVE and len(measured) == 2
+    model_row_costs(other, lambda: Choices(path))  # other kernels: its own curve
     assert len(measured) == 3
     model_row_costs(model)
     assert len(measured) == 4
     path.write_text(path.read_text().replace("1.25", "x"))  # a damaged entry is measured again
-    assert model_row_costs(model, Choices(path)) == FAKE_CURVE and len(measured) == 5
+    assert model_row_costs(model, lambda: Choices(path)) == FAKE_CURVE and len(measured) == 5
 
 
 def test_loading_reads_the_remembered_curve(monkeypatch):
