@@ -27,7 +27,9 @@ decision with its candidate paths:
   `dequant-fp32` (unpacked into fp32 and multiplied in fp32, for CPUs without bf16 arithmetic), the same
   through oneDNN's inner product (`dequant-fp32-onednn`; 2.3x `torch.mm` on an AMD CPU without native bf16),
   or `int8` (the rows rounded to int8, the weights unpacked into int8, `torch._int_mm`: ~1.8x bf16's
-  multiply rate with VNNI; the only path that rounds anything the others keep).
+  multiply rate with VNNI), or `vnni` / `avx2`, sc2's decode kernels below over all the rows (nothing
+  unpacked; AMD EPYC with AVX2 only, 2 threads, 3B shapes at 128-512 rows: 207-213 GOPS against
+  `dequant-fp32`'s 62-136). `int8` and the native kernels round the rows to int8; the others do not.
 - `int4-decode`: int4 weights times fewer rows than a prompt's (a token and its drafts): `tinygemm`, or
   sc2's own kernels (native_int4.py, compiled here on first use; the rows rounded to int8, multiplied by
   int8 dot products on the packed codes): `vnni` where the CPU has AVX-512 VNNI and VBMI (one row of a 3B
@@ -71,7 +73,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "prefill": ("linear", "upcast", "upcast-onednn"),
     "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only", "vnni"),
-    "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8"),
+    "int4-prompt": ("tinygemm", "dequant", "dequant-fp32", "dequant-fp32-onednn", "int8", "vnni", "avx2"),
     "int4-decode": ("tinygemm", "vnni", "avx2"),
     "attention": ("fused", "grouped", "native"),
     "prompt-attention": ("fused", "native"),
@@ -89,7 +91,7 @@ PROBE_ROWS = {
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
-PROBE_VERSION = 6  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 7  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

@@ -166,7 +166,7 @@ def plan_kernels(
         stand_in = _stand_in(shape, dtype)
         for role in (r for r in _roles(quantize, shape, dtype) if roles is None or r in roles):
             built = not small or role in forced  # a small model compiles nothing it would not measure
-            available = _available(role, dtype, plan[shape].get("prefill"), built)
+            available = _available(role, dtype, shape, plan[shape].get("prefill"), built)
             if forced.get(role) not in available:  # what is measured: the paths that can win
                 available = [path for path in available if _worth_timing(role, path)]
             make = functools.partial(CANDIDATES[role], stand_in, available)
@@ -187,10 +187,12 @@ def _roles(quantize: str, shape: tuple[int, int], dtype: torch.dtype) -> list[st
     return ["prefill", "decode"] if dtype != torch.float32 else ["fp32"]
 
 
-def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built: bool = True) -> list[str]:
+def _available(
+    role: str, dtype: torch.dtype, shape: tuple[int, int], prefill: str | None = None, built: bool = True
+) -> list[str]:
     """The paths of `role` this CPU and build can run for weights of `dtype` (decode: given the prefill path
-    chosen for the shape, since the packed layout serves both; int4 decode: sc2's own kernel only when
-    `built`, as it may need compiling first)."""
+    chosen for the shape, since the packed layout serves both; int4: sc2's own kernels only when `built`, as
+    they may need compiling first, and where they take `shape`)."""
     if role == "decode":
         dense = dtype == torch.bfloat16 and onednn.inner_product() is not None
         packed = dense and prefill == "linear" and onednn.packed_works()
@@ -201,13 +203,18 @@ def _available(role: str, dtype: torch.dtype, prefill: str | None = None, built:
         return ["linear", "upcast"] + (["upcast-onednn"] if onednn.fp32_works() else [])
     if role == "fp32":
         return ["linear"] + (["onednn"] if onednn.fp32_works() else [])
+    own = [
+        path
+        for path in native_int4.KERNELS
+        if role.startswith("int4") and built and native_int4.int4_fits(*shape, INT4_GROUP, path)
+        and native_int4.int4_works(path, dtype)
+    ]  # fmt: skip
     if role == "int4-decode":
-        own = [path for path in native_int4.KERNELS if built and native_int4.int4_works(path, dtype)]
         return ["tinygemm", *own]
     if role == "int4-prompt":  # unpacking needs tinygemm's layout recognised (dequant.py)
         unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
         unpacked += ["int8"] if int8_mm_works() else []
-        return ["tinygemm"] + (unpacked if cpu_layout(dtype) is not None else [])
+        return ["tinygemm"] + (unpacked if cpu_layout(dtype) is not None else []) + own
     paths = (["dynamic"] if dynamic_int8_available(torch.device("cpu")) else []) + (
         ["weight-only"] if dtype != torch.float32 else []
     )

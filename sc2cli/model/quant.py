@@ -202,7 +202,7 @@ class Int4Linear(QuantizedLinear):
     (`INT4_PROMPT_PATHS`): `tinygemm` like single tokens, `dequant` (unpacked into the model's dtype) or
     `dequant-fp32` (into fp32, multiplied in fp32, by `torch.mm` or oneDNN), or `int8` (the rows quantized
     to int8, the weights unpacked into int8: needs `row_scales`, which quantize_int4 makes), all through
-    `scratch`, which the model's int4 layers share (`use_prompt_path`). `decode` is the path of fewer rows
+    `scratch`, which the model's int4 layers share, or a native kernel as decode's (`use_prompt_path`). `decode` is the path of fewer rows
     on a CPU: `tinygemm`, or `vnni` or `avx2` (native_int4.py: sc2's own kernels, the rows rounded to
     int8 as the `int8` prompt path rounds them; `use_decode_path`)."""
 
@@ -220,17 +220,23 @@ class Int4Linear(QuantizedLinear):
         self.layout: Layout | None = None  # tinygemm's CPU layout, once a prompt path unpacks it
         self.few = INT4_PROMPT_ROWS  # products of fewer rows take the decode path
         self.product: native_int4.Int4Product | None = None  # a native decode path, bound to these weights
+        self.prompt_product: native_int4.Int4Product | None = None  # a native prompt path, likewise
         self.helpers = Native()  # sc2's own helpers for the `int8` prompt path, where they run here
 
     def use_prompt_path(self, path: str, scratch: UnpackScratch | None = None) -> str:
         """Take `path` for prompts where it runs here (tinygemm otherwise); returns the path taken."""
         layout = cpu_layout(self.scales_and_zeros.dtype) if self.packed.device.type == "cpu" else None
-        runs = path in INT4_PROMPT_PATHS and (path != "dequant-fp32-onednn" or onednn.fp32_works())
+        unpacks = layout is not None and (path.startswith("dequant") or path == "int8")  # dequant.py's paths
+        if path == "dequant-fp32-onednn":
+            unpacks = unpacks and onednn.fp32_works()
         if path == "int8":
-            runs = int8_mm_works() and multipliers_exact(self.scales_and_zeros, self.row_scales)
-        if not runs or (path != "tinygemm" and layout is None):
+            unpacks = (
+                unpacks and int8_mm_works() and multipliers_exact(self.scales_and_zeros, self.row_scales)
+            )
+        self.prompt_product = self._native(path)  # the kernel reads the packed bytes itself
+        if not unpacks and self.prompt_product is None:
             path = "tinygemm"
-        self.prompt, self.layout = path, (layout if path != "tinygemm" else None)
+        self.prompt, self.layout = path, layout if unpacks else None
         self.helpers = _helpers(self.scales_and_zeros, layout) if path == "int8" else Native()
         self.few = INT4_INT8_PROMPT_ROWS if path == "int8" else INT4_PROMPT_ROWS
         self.scratch = scratch or self.scratch
@@ -239,18 +245,22 @@ class Int4Linear(QuantizedLinear):
     def use_decode_path(self, path: str) -> str:
         """Take `path` for products of fewer rows than a prompt's where it runs here (tinygemm otherwise);
         returns the path taken."""
+        self.product = self._native(path)
+        self.decode = path if self.product is not None else "tinygemm"
+        return self.decode
+
+    def _native(self, path: str) -> native_int4.Int4Product | None:
+        """Native kernel `path` bound to these weights (bias inside), or None where it does not run here."""
         runs = (
             path in native_int4.KERNELS
             and self.packed.device.type == "cpu"
             and native_int4.int4_fits(self.out_features, self.in_features, self.group, path)
             and native_int4.int4_works(path, self.scales_and_zeros.dtype)
         )
-        self.decode = path if runs else "tinygemm"
         sz = self.scales_and_zeros
-        self.product = (
+        return (
             native_int4.Int4Product(self.packed, sz, self.group, self.bias, sz.dtype, path) if runs else None
         )
-        return self.decode
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
@@ -292,9 +302,10 @@ class Int4Linear(QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(sz.dtype), self.packed, self.group, sz)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        product = self.product
-        if product is not None and x.numel() < self.few * product.K:  # a token's, kept lean: 211 a token
-            return product(x)  # bias inside
+        # a token's, kept lean (211 a token): a native kernel, bias inside, for the rows' side of `few`
+        product = self.product if x.numel() < self.few * self.in_features else self.prompt_product
+        if product is not None:
+            return product(x)
         shape = x.shape
         x2d = x.reshape(-1, shape[-1])  # (rows, K)
         out = self._mm(x2d).to(x.dtype).reshape(*shape[:-1], -1)

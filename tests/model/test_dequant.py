@@ -14,7 +14,7 @@ import torch
 
 from sc2cli.checkpoint.load import load_checkpoint
 from sc2cli.folders import cache_folder
-from sc2cli.model import dequant, onednn
+from sc2cli.model import dequant, native_int4, onednn
 from sc2cli.model.dequant import (
     KNOWN_LAYOUTS,
     UnpackScratch,
@@ -268,7 +268,11 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
     assert first[(256, 128)] == first[(48, 64)] == {"int4-prompt": "dequant", "int4-decode": "tinygemm"}
     unpacked = ["dequant", "dequant-fp32"] + (["dequant-fp32-onednn"] if onednn.fp32_works() else [])
     unpacked += ["int8"] if int8_mm_fast() else []
-    assert measured == [[*unpacked, "tinygemm"]] * 2
+    own = [path for path in native_int4.KERNELS if native_int4.int4_works(path, torch.bfloat16)]
+    assert measured == [
+        sorted([*unpacked, *own, "tinygemm"]),
+        [*unpacked, "tinygemm"],
+    ]  # 48 rows: no kernel's
     assert plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, decode) == first  # remembered
     assert len(measured) == 2
     assert "int4-prompt 256x128" in (cache_folder() / "kernels.json").read_text()

@@ -204,6 +204,33 @@ def test_rows_of_a_prompt_take_the_prompt_path_not_the_kernel(path):
     layer(torch.randn(INT4_PROMPT_ROWS - 1, 64).bfloat16())
     layer(torch.randn(INT4_PROMPT_ROWS, 64).bfloat16())  # tinygemm: this layer's prompt path
     assert calls == [3, INT4_PROMPT_ROWS - 1]
+    assert layer.use_prompt_path(path) == path and layer.layout is None  # nothing unpacked for it
+    layer.prompt_product = layer.product  # the spy again, now for prompts
+    layer(torch.randn(INT4_PROMPT_ROWS, 64).bfloat16())
+    assert calls == [3, INT4_PROMPT_ROWS - 1, INT4_PROMPT_ROWS]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_a_prompt_through_the_kernel_gives_each_row_what_it_gets_alone(path, dtype):
+    """The kernel as a prompt path: every row of a prompt exactly as that row decoded alone, the bias added
+    once, within int8 rounding of the exact product."""
+    _, packed, scales_and_zeros = quantized((128, 256))
+    layer = Int4Linear(packed, scales_and_zeros, torch.randn(128).bfloat16(), 256)
+    assert (layer.use_prompt_path(path), layer.use_decode_path(path)) == (path, path)
+    x = torch.randn(1, INT4_PROMPT_ROWS + 5, 256, generator=torch.Generator().manual_seed(3)).to(dtype)
+    got = layer(x)
+    assert got.shape == (1, INT4_PROMPT_ROWS + 5, 128) and got.dtype == dtype
+    for i in (0, 1, 77, INT4_PROMPT_ROWS + 4):
+        assert torch.equal(got[0, i], layer(x[:, i])[0])
+    assert_within_int8_rounding(
+        layer, x[0].float(), output_rounding=2**-7 if dtype == torch.bfloat16 else 1e-6
+    )
+
+
+def test_a_prompt_path_the_kernel_cannot_take_stays_on_tinygemm(path):
+    _, packed, scales_and_zeros = quantized((48, 64))  # not whole blocks of 32 or 64 rows
+    layer = Int4Linear(packed, scales_and_zeros, None, 64)
+    assert layer.use_prompt_path(path) == "tinygemm" and layer.prompt_product is None
 
 
 @needs_vnni
@@ -290,6 +317,9 @@ def test_the_plan_offers_the_kernels_where_they_run(monkeypatch):
     assert plan[(128, 256)]["int4-decode"] == (sorted(["tinygemm", *own])[0])
     small = plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=4096)
     assert small[(128, 256)]["int4-decode"] == "tinygemm"  # unmeasured, nothing compiled for it
+    measured.clear()  # prompts: the kernels beside the paths that unpack
+    plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "int4-decode=tinygemm")
+    assert len(measured) == 1 and set(own) <= set(measured[0]) and "tinygemm" in measured[0]
 
 
 @pytest.fixture(scope="module")
@@ -297,8 +327,8 @@ def checkpoint(tmp_path_factory):
     return write_small_checkpoint(tmp_path_factory.mktemp("native_int4"))
 
 
-def load(checkpoint, decode, monkeypatch):
-    monkeypatch.setenv("SC2_KERNELS", f"int4-prompt=tinygemm,int4-decode={decode}")
+def load(checkpoint, decode, monkeypatch, prompt="tinygemm"):
+    monkeypatch.setenv("SC2_KERNELS", f"int4-prompt={prompt},int4-decode={decode}")
     return sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa", quantize="int4")
 
 
@@ -324,5 +354,19 @@ def test_decode_logits_stay_near_tinygemms(path, checkpoint, monkeypatch):
         model = load(checkpoint, decode, monkeypatch)
         with torch.inference_mode():
             logits[decode] = model(ids).float()
+    difference = (logits[path] - logits["tinygemm"]).abs().max()
+    assert 0 < difference <= 0.05 * logits["tinygemm"].abs().max()
+
+
+def test_a_prompt_through_the_kernel_stays_near_tinygemms_logits(path, checkpoint, monkeypatch):
+    """A prompt long enough for the prompt path (the shapes the kernel takes; the vocabulary's stays on
+    tinygemm), through the kernel and through tinygemm."""
+    ids = torch.randint(10, 200, (1, INT4_PROMPT_ROWS + 8), generator=torch.Generator().manual_seed(4))
+    logits = {}
+    for prompt in (path, "tinygemm"):
+        model = load(checkpoint, "tinygemm", monkeypatch, prompt)
+        assert {m.prompt for m in model.modules() if isinstance(m, Int4Linear)} == {prompt, "tinygemm"}
+        with torch.inference_mode():
+            logits[prompt] = model(ids).float()
     difference = (logits[path] - logits["tinygemm"]).abs().max()
     assert 0 < difference <= 0.05 * logits["tinygemm"].abs().max()
