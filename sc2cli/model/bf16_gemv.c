@@ -36,7 +36,9 @@ static inline __attribute__((always_inline)) void block(const uint16_t *const *x
         for (int r = 0; r < R; r++) sums[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-static void rows_block(const uint16_t *const *x, int M, int R, int K, const uint16_t *w, int n0, float *sums) {
+static void rows_block(const uint16_t *const *x, int M, int R, int K, const uint16_t *w, int n0, float *sums,
+                       int order) {
+    (void)order; /* one order here (bf16_avx2.c has two) */
     if (R == WIDE_ROWS) { /* a token alone */
         block(x, 1, WIDE_ROWS, K, w, n0, sums);
         return;
@@ -49,3 +51,10 @@ static void rows_block(const uint16_t *const *x, int M, int R, int K, const uint
 }
 
 #include "bf16_rows.h"
+
+/* out (M, N) = x (M, K) times w (N, K) transposed, plus `bias` (N, or NULL), all bf16 (bf16_rows.h): K a
+   multiple of 32, N of 4; 0, or -1 for sizes it does not take. */
+int bf16_gemv(const uint16_t *x, int M, int K, int N, const uint16_t *w, const uint16_t *bias, uint16_t *out,
+              int threads) {
+    return bf16_rows_mm(x, M, K, N, w, bias, out, threads, 0);
+}

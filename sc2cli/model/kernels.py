@@ -10,7 +10,9 @@ decision with its candidate paths:
   prompts' path is `linear`; ~2.5x the dense layout's bandwidth on a CPU with native bf16), or `native`
   (sc2's own kernel on the dense layout, native.py: AVX512-BF16's dot products where the CPU has native
   bf16, else AVX2's fused multiply-adds; one row of a 3B matrix on an AVX2-only AMD EPYC, 2 threads:
-  19-22 GB/s against `F.linear`'s 12-15, four rows 2.6x faster than `F.linear`'s).
+  19-22 GB/s against `F.linear`'s 12-15, four rows 2.6x faster than `F.linear`'s), or `stream` (AVX2's
+  kernel reading one weight row at a time rather than blocks of rows: faster there on some shapes,
+  slower on others, so measured like the rest).
 - `prefill`: bf16/fp16 weights times a prompt's many rows: `linear`, or fp32 through a scratch copy of the
   weight (exactly bf16's arithmetic) by `F.linear`'s BLAS (`upcast`) or by oneDNN's inner product
   (`upcast-onednn`: 2.4x MKL's fp32 product on an AMD Zen 5, where MKL takes a generic path).
@@ -69,7 +71,7 @@ from ..errors import InputError
 from ..folders import cache_folder
 
 ROLES: dict[str, tuple[str, ...]] = {
-    "decode": ("onednn", "linear", "packed", "native"),
+    "decode": ("onednn", "linear", "packed", "native", "stream"),
     "prefill": ("linear", "upcast", "upcast-onednn"),
     "fp32": ("linear", "onednn"),
     "int8": ("dynamic", "weight-only", "vnni"),
@@ -91,7 +93,7 @@ PROBE_ROWS = {
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
-PROBE_VERSION = 7  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 8  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

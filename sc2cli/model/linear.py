@@ -61,8 +61,9 @@ class Scratch:
 
 
 class UpcastLinear(nn.Module):
-    """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn` or `native`, bf16 only, or `linear`;
-    `native` is sc2's own kernel, native.py, where the weight's layout fits it), many rows by
+    """bf16/fp16 weights on a CPU: few rows by `decode` (`onednn`, `native` or `stream`, bf16 only, or
+    `linear`; `native` and `stream` are sc2's own kernel in its two orders through a weight, native.py,
+    where the weight's layout fits it), many rows by
     `prefill` (`upcast`: fp32 through `scratch` by F.linear, `upcast-onednn`: by oneDNN; `linear`: as they
     are). `decode="packed"` (bf16, with `prefill="linear"`): every product through oneDNN on the weight
     reordered once into its blocked layout, which replaces the dense one (a tied lm_head gets its own copy;
@@ -82,10 +83,11 @@ class UpcastLinear(nn.Module):
         self.bias = linear.bias
         self.scratch = scratch
         bias_fits = self.bias is None or self.bias.dtype == torch.bfloat16
-        self.native_fits = (  # the `native` decode path: sc2's kernel takes this weight and bias
-            decode == "native"
+        self.stream = decode == "stream"  # the kernel's one-row-at-a-time order (AVX2's kernel)
+        self.native_fits = (  # the `native` and `stream` decode paths: sc2's kernel takes this weight and bias
+            decode in ("native", "stream")
             and bias_fits
-            and native.bf16_gemv_works()
+            and native.bf16_gemv_works(self.stream)
             and native.bf16_gemv_fits(self.weight)
         )
 
@@ -95,7 +97,7 @@ class UpcastLinear(nn.Module):
         rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
             if self.native_fits:
-                return native.bf16_gemv(x, self.weight, self.bias)
+                return native.bf16_gemv(x, self.weight, self.bias, self.stream)
             if self.inner_product is not None:
                 return onednn.product(x, self.weight, self.bias)
             return F.linear(x, self.weight, self.bias)
@@ -196,9 +198,9 @@ def _available(
     if role == "decode":
         dense = dtype == torch.bfloat16 and onednn.inner_product() is not None
         packed = dense and prefill == "linear" and onednn.packed_works()
-        own = dtype == torch.bfloat16 and built and native.bf16_gemv_works()
-        paths = ["linear"] + (["onednn"] if dense else []) + (["packed"] if packed else [])
-        return paths + (["native"] if own else [])
+        own = [path for path in ("native", "stream") if dtype == torch.bfloat16 and built
+               and native.bf16_gemv_works(path == "stream")]  # fmt: skip
+        return ["linear"] + (["onednn"] if dense else []) + (["packed"] if packed else []) + own
     if role == "prefill":
         return ["linear", "upcast"] + (["upcast-onednn"] if onednn.fp32_works() else [])
     if role == "fp32":
@@ -261,8 +263,9 @@ def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> 
     if "packed" in available:
         packed = onednn.pack(weight)
         paths["packed"] = lambda x: onednn.product(x, packed)
-    if "native" in available and native.bf16_gemv_fits(weight):
-        paths["native"] = lambda x: native.bf16_gemv(x, weight)
+    for path in ("native", "stream"):
+        if path in available and native.bf16_gemv_fits(weight):
+            paths[path] = lambda x, stream=path == "stream": native.bf16_gemv(x, weight, None, stream)
     return paths
 
 

@@ -72,6 +72,7 @@ LIBRARIES = {
         ("-mavx2", "-mfma"),
         ("avx2", "fma"),
         ("bf16_gemv", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _int]),
+        ("bf16_gemv_stream", _int, [_pointer, _int, _int, _int, _pointer, _pointer, _pointer, _int]),
     ),
     "attention_one": (
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
@@ -131,9 +132,10 @@ def _pointer_of(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def bf16_gemv_works() -> bool:
-    """Whether the bf16 kernel runs here (a CPU with native bf16, a compiler) and agrees with plain maths."""
-    return _bf16_agrees()
+def bf16_gemv_works(stream: bool = False) -> bool:
+    """Whether the bf16 kernel runs here (a compiler; AVX512-BF16, or AVX2 and FMA) and agrees with plain
+    maths; `stream`: its one-row-at-a-time order, which only the AVX2 kernel has."""
+    return _bf16_agrees(stream)
 
 
 def bf16_gemv_fits(weight: torch.Tensor) -> bool:
@@ -142,15 +144,17 @@ def bf16_gemv_fits(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.bfloat16 and weight.is_contiguous() and K % 32 == 0 and N % 4 == 0
 
 
-def bf16_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def bf16_gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stream: bool = False
+) -> torch.Tensor:
     """`x` (..., K) times `weight` (N, K) transposed, plus `bias`, all bf16: (..., N), every row computed
-    as it would be alone."""
-    library = _bf16_library()
+    as it would be alone, through blocks of weight rows or (`stream`) one weight row at a time."""
+    library = _bf16_library(stream)
     assert library is not None, "bf16_gemv called where bf16_gemv_works is False"
     shape, (N, K) = x.shape, weight.shape
     x2d = x.reshape(-1, K).contiguous()
     out = torch.empty(len(x2d), N, dtype=torch.bfloat16)
-    status = library.bf16_gemv(
+    status = (library.bf16_gemv_stream if stream else library.bf16_gemv)(
         x2d.data_ptr(), len(x2d), K, N, weight.data_ptr(), None if bias is None else bias.data_ptr(),
         out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
@@ -159,15 +163,19 @@ def bf16_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return out.view(*shape[:-1], N)
 
 
-def _bf16_library() -> ctypes.CDLL | None:
-    """The bf16 kernel for this CPU: AVX512-BF16's dot products where it has them, else AVX2's FMAs."""
+def _bf16_library(stream: bool = False) -> ctypes.CDLL | None:
+    """The bf16 kernel for this CPU: AVX512-BF16's dot products where it has them, else AVX2's FMAs (the
+    one with the `stream` order)."""
+    if stream:
+        return None if _library("bf16_gemv") else _library("bf16_avx2")
     return _library("bf16_gemv") or _library("bf16_avx2")
 
 
 @functools.cache
-def _bf16_agrees() -> bool:
-    """The kernel against float64 maths, within bf16's rounding of the result, for 1 to 4 rows."""
-    if _bf16_library() is None:
+def _bf16_agrees(stream: bool = False) -> bool:
+    """The kernel (in its `stream` order) against float64 maths, within bf16's rounding of the result, for
+    1 to 4 rows."""
+    if _bf16_library(stream) is None:
         return False
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(36, 96, generator=generator).bfloat16()
@@ -175,7 +183,7 @@ def _bf16_agrees() -> bool:
     for rows in (1, 4):
         x = torch.randn(rows, 96, generator=generator).bfloat16()
         want = x.double() @ weight.double().t() + bias.double()
-        got = bf16_gemv(x, weight, bias).double()
+        got = bf16_gemv(x, weight, bias, stream).double()
         if not bool(((got - want).abs() <= 2**-8 * want.abs() + 1e-3).all()):
             return False
     return True

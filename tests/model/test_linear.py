@@ -237,7 +237,7 @@ def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
     )
     assert plan[(96, 64)]["prefill"] == "upcast"
     assert plan[(96, 64)]["decode"] == "linear"
-    candidates = ["linear"] + (["native"] if native.bf16_gemv_works() else [])
+    candidates = ["linear"] + [p for p in ("native", "stream") if native.bf16_gemv_works(p == "stream")]
     candidates += ["onednn"] if onednn.inner_product() else []
     assert measured == ([candidates] if len(candidates) > 1 else [])
 

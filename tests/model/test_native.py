@@ -80,18 +80,30 @@ needs_bf16_kernel = pytest.mark.skipif(
 
 
 def test_the_bf16_kernel_runs_wherever_it_builds():
-    """Built here (AVX512-BF16's or, without native bf16, AVX2's), it must agree with exact maths: a kernel
-    that computed wrongly would otherwise be set aside quietly and its tests skipped."""
+    """Built here (AVX512-BF16's or, without native bf16, AVX2's, which has a second order), it must agree
+    with exact maths: a kernel that computed wrongly would otherwise be set aside quietly and its tests
+    skipped."""
     if native._bf16_library() is None:
         pytest.skip("no bf16 kernel builds here (needs a C compiler, and native bf16 or AVX2 and FMA)")
     assert native.bf16_gemv_works()
+    assert native.bf16_gemv_works(stream=True) == (native._library("bf16_gemv") is None)
+
+
+@pytest.fixture(params=["native", "stream"])
+def order(request):
+    """The bf16 kernel's orders through a weight that run here: `stream` only in AVX2's kernel."""
+    if not native.bf16_gemv_works(request.param == "stream"):
+        pytest.skip(
+            f"sc2's bf16 kernel does not run here in its {request.param!r} order (AVX2's kernel only)"
+        )
+    return request.param
 
 
 @needs_bf16_kernel
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("shape", [(4, 32), (96, 64), (260, 1024)], ids=str)
+@pytest.mark.parametrize("shape", [(4, 32), (36, 96), (96, 64), (260, 1024)], ids=str)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_the_bf16_kernel_is_the_exact_product_rounded_once(shape, rows, with_bias):
+def test_the_bf16_kernel_is_the_exact_product_rounded_once(shape, rows, with_bias, order):
     """bf16 products are exact in fp32 and summed in fp32: within fp32 sums' rounding, then one bf16
     rounding of the result (bias included)."""
     g = torch.Generator().manual_seed(rows)
@@ -100,38 +112,44 @@ def test_the_bf16_kernel_is_the_exact_product_rounded_once(shape, rows, with_bia
     x = torch.randn(rows, shape[1], generator=g).bfloat16()
     want = x.double() @ weight.double().t() + (0 if bias is None else bias.double())
     magnitude = x.double().abs() @ weight.double().abs().t()
-    got = native.bf16_gemv(x, weight, bias)
+    stream = order == "stream"
+    got = native.bf16_gemv(x, weight, bias, stream)
     assert got.dtype == torch.bfloat16 and got.shape == (rows, shape[0])
     assert ((got.double() - want).abs() <= 2**-8 * want.abs() + 2**-20 * magnitude + 1e-30).all()
-    together = native.bf16_gemv(x.view(1, rows, -1), weight, bias)[0]  # a (B, T, K) input, as the model's
-    assert all(torch.equal(native.bf16_gemv(x[i : i + 1], weight, bias)[0], together[i]) for i in range(rows))
+    together = native.bf16_gemv(x.view(1, rows, -1), weight, bias, stream)[0]  # (B, T, K), as the model's
+    alone = [native.bf16_gemv(x[i : i + 1], weight, bias, stream)[0] for i in range(rows)]
+    assert all(torch.equal(alone[i], together[i]) for i in range(rows))
 
 
 @needs_bf16_kernel
-def test_the_bf16_decode_path_takes_few_rows_and_only_weights_it_fits(monkeypatch):
+def test_the_bf16_decode_path_takes_few_rows_and_only_weights_it_fits(monkeypatch, order):
     from sc2cli.model.linear import UPCAST_MIN_ROWS, Scratch, UpcastLinear
 
     linear = torch.nn.Linear(64, 96).bfloat16()
-    layer = UpcastLinear(linear, Scratch(), decode="native", prefill="linear")
+    layer = UpcastLinear(linear, Scratch(), decode=order, prefill="linear")
     assert layer.native_fits
     calls = []
     monkeypatch.setattr(
-        native, "bf16_gemv", lambda x, w, b: calls.append(x.shape) or torch.zeros(*x.shape[:-1], 96)
+        native,
+        "bf16_gemv",
+        lambda x, w, b, stream: calls.append((x.shape, stream)) or torch.zeros(*x.shape[:-1], 96),
     )
     layer(torch.randn(1, 3, 64).bfloat16())
     layer(torch.randn(1, UPCAST_MIN_ROWS, 64).bfloat16())  # a prompt: the prefill path
-    assert calls == [(1, 3, 64)]
-    odd = UpcastLinear(torch.nn.Linear(48, 96).bfloat16(), Scratch(), decode="native", prefill="linear")
+    assert calls == [((1, 3, 64), order == "stream")]
+    odd = UpcastLinear(torch.nn.Linear(48, 96).bfloat16(), Scratch(), decode=order, prefill="linear")
     assert not odd.native_fits  # 48 inputs: not whole 32s; F.linear then
     out = odd(torch.randn(1, 2, 48).bfloat16())
-    assert out.shape == (1, 2, 96) and calls == [(1, 3, 64)]
+    assert out.shape == (1, 2, 96) and len(calls) == 1
 
 
 @needs_bf16_kernel
-def test_a_bf16_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(checkpoint, monkeypatch):
-    monkeypatch.setenv("SC2_KERNELS", "decode=native,prefill=linear")
+def test_a_bf16_model_decodes_through_the_kernel_and_drafts_change_no_greedy_token(
+    checkpoint, monkeypatch, order
+):
+    monkeypatch.setenv("SC2_KERNELS", f"decode={order},prefill=linear")
     model = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
-    assert "decode native" in model.kernels
+    assert f"decode {order}" in model.kernels
     piece = assert_drafts_change_no_greedy_token(model, seed=1)
     monkeypatch.setenv("SC2_KERNELS", "decode=linear,prefill=linear")
     reference = sc2cli.load_model(checkpoint, dtype="bf16", device="cpu", attn="sdpa")
