@@ -58,6 +58,7 @@ picked a slower path, and would otherwise stand for good).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -93,7 +94,14 @@ PROBE_ROWS = {
 # (512 tokens), where their time goes: at 16 rows the fp32 paths lose to bf16 on a CPU where they win 1.2x
 # at 512 (converting the weight costs the same whatever the rows)
 PROBE_REPS = 3
-PROBE_VERSION = 8  # raised when candidates or probe sizes change: earlier choices are measured again
+# Roles of a token's products, which read each weight from memory in a pass over the model: timed from
+# memory, not from the cache a stand-in weight fits in (AVX2-only AMD EPYC, 32 MB of L3, 3072x3072 bf16
+# stand-in: 48-58 GB/s timed again and again, 22-33 cold, where the model's pass reads 27-32; and the
+# order of the candidates differs).
+COLD_ROLES = ("decode", "int8", "int4-decode")
+EVICT_MULTIPLE = 2  # cache sizes read before each timed call of those roles
+CACHE_BYTES_UNKNOWN = 32 << 20
+PROBE_VERSION = 9  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024
@@ -208,19 +216,31 @@ def _read_json(path: Path) -> dict[str, dict[str, str]]:
     return data if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()) else {}
 
 
-def fastest(candidates: dict[str, Kernel], x: torch.Tensor, reps: int = PROBE_REPS) -> str:
+def fastest(
+    candidates: dict[str, Kernel], x: torch.Tensor, reps: int = PROBE_REPS, cold: bool = False
+) -> str:
     """The candidate with the lowest best-of-`reps` time on `x`, timed interleaved after one warm-up each
-    (the best rather than the median: other processes on the machine only ever add time)."""
+    (the best rather than the median: other processes on the machine only ever add time); `cold`: each
+    call after `EVICT_MULTIPLE` times the last-level cache is read, so it reads its weights from memory."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    evict = cache_reader(EVICT_MULTIPLE * last_level_cache_bytes()) if cold else None
     with torch.inference_mode():
         for fn in candidates.values():
             fn(x)
         for _ in range(reps):
             for name, fn in candidates.items():
+                if evict is not None:
+                    evict()
                 start = time.perf_counter()
                 fn(x)
                 times[name].append(time.perf_counter() - start)
     return min(times, key=lambda name: min(times[name]))
+
+
+def cache_reader(size: int) -> Callable[[], object]:
+    """A call that reads `size` bytes written once here (written, so the pages are real memory)."""
+    buffer = torch.ones(size // 4)
+    return buffer.sum
 
 
 def choose(
@@ -247,7 +267,24 @@ def choose(
     if default in available:
         return default
     x = torch.randn(PROBE_ROWS[role], shape[1], generator=torch.Generator().manual_seed(0)).to(dtype)
-    winner = fastest(make(), x)
+    winner = fastest(make(), x, cold=role in COLD_ROLES)
     if choices is not None:
         choices.put(role, shape, winner)
     return winner
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache the system reports (Linux's sysfs, first CPU), else `CACHE_BYTES_UNKNOWN`."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=CACHE_BYTES_UNKNOWN)

@@ -16,16 +16,14 @@ four, 1.24x on eight, 1.27x for the whole pass.
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .kernels import Choices
+from .kernels import Choices, last_level_cache_bytes
 from .linear import PROBE_MIN_BYTES, UPCAST_MIN_ROWS
 from .model import Starcoder2
 from .quant import QuantizedLinear
@@ -38,7 +36,6 @@ ROW_COST_ROUNDS = 5
 # The probe's blocks hold more than this many times the last-level cache (or are all the model's blocks):
 # a 3B model's probe then takes ~0.4 s in bf16 (one block, 192 MB), ~0.5 s in int4 (four, 216 MB).
 CACHE_MULTIPLE = 5
-CACHE_BYTES_UNKNOWN = 32 << 20
 # A draft of 6 tokens and the token before it: more rows would take prompts' path (an fp32 copy of each
 # weight on CPUs without native bf16, allocated by the first such product), which no draft can pay for.
 MAX_VERIFY_ROWS = UPCAST_MIN_ROWS - 1
@@ -116,23 +113,6 @@ def weight_bytes(module: nn.Module) -> int:
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total
-
-
-@functools.cache
-def last_level_cache_bytes() -> int:
-    """The largest CPU cache the system reports (Linux's sysfs, first CPU), else `CACHE_BYTES_UNKNOWN`."""
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        try:
-            text = entry.read_text().strip()
-        except OSError:
-            continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        if text[:-1].isdigit() and text[-1] in units:
-            sizes.append(int(text[:-1]) * units[text[-1]])
-        elif text.isdigit():
-            sizes.append(int(text))
-    return max(sizes, default=CACHE_BYTES_UNKNOWN)
 
 
 def row_costs(mlp: nn.Module, width: int, dtype: torch.dtype, max_rows: int) -> tuple[float, ...]:

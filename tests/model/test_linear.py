@@ -230,7 +230,7 @@ def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
 
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "linear"
+        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "linear"
     )
     plan = plan_kernels(
         [(96, 64)], "none", torch.device("cpu"), torch.bfloat16, "prefill=upcast", remember=False
@@ -260,7 +260,9 @@ def test_choices_made_under_capped_instruction_sets_are_remembered_apart(monkeyp
 def test_small_models_are_not_measured(monkeypatch):
     import sc2cli.model.kernels as kernels
 
-    monkeypatch.setattr(kernels, "fastest", lambda candidates, x: pytest.fail("measured a tiny model"))
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x, cold=False: pytest.fail("measured a tiny model")
+    )
     plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=12288)
     assert set(plan[(96, 64)]) == {"decode", "prefill"}
 
@@ -351,7 +353,7 @@ def test_fp32_weights_are_measured_between_blas_and_onednn(monkeypatch):
 
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or "linear"
+        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "linear"
     )
     plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.float32, "auto", remember=False)
     assert plan == {(96, 64): {"fp32": "linear"}}
@@ -372,7 +374,7 @@ def test_measure_sets_remembered_choices_aside_and_replaces_them(monkeypatch, tm
     old.save()
     timed: list[list[str]] = []
 
-    def fake_fastest(candidates, x):
+    def fake_fastest(candidates, x, cold=False):
         timed.append(sorted(candidates))
         return sorted(candidates)[-1]  # another winner than the remembered one
 
@@ -391,3 +393,32 @@ def test_measure_sets_remembered_choices_aside_and_replaces_them(monkeypatch, tm
     monkeypatch.setenv("SC2_KERNELS", "auto")
     timed.clear()
     assert plan_kernels([(96, 64)], "none", cpu, bf16) == plan and timed == []
+
+
+def test_a_tokens_products_are_timed_from_memory_and_a_prompts_from_cache(monkeypatch):
+    """Decode roles read the cache's size over before each timed call (a pass over the model reads each
+    weight from memory); prompt roles do not (their weights are reused across rows)."""
+    import sc2cli.model.kernels as kernels
+
+    reads, events = [], []
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(
+        kernels, "cache_reader", lambda size: reads.append(size) or (lambda: events.append("read"))
+    )
+    candidates = {name: lambda x, n=name: events.append(n) for name in ("a", "b")}
+    kernels.fastest(candidates, torch.zeros(1, 4), reps=2, cold=True)
+    assert reads == [kernels.EVICT_MULTIPLE << 20]
+    assert (
+        events == ["a", "b"] + ["read", "a", "read", "b"] * 2
+    )  # warm-ups, then each timed call after a read
+    events.clear()
+    kernels.fastest(candidates, torch.zeros(1, 4), reps=2)
+    assert events == ["a", "b"] * 3 and len(reads) == 1
+    colds = []
+    monkeypatch.setattr(kernels, "fastest", lambda candidates, x, cold=False: colds.append(cold) or "linear")
+    for role in ("decode", "prefill"):
+        assert (
+            kernels.choose(role, (96, 64), ["linear", "upcast"], dict, torch.bfloat16, {}, None) == "linear"
+        )
+    assert colds == [True, False]
+    assert set(kernels.COLD_ROLES) == {"decode", "int8", "int4-decode"}

@@ -310,7 +310,9 @@ def test_the_plan_offers_the_kernels_where_they_run(monkeypatch):
     measured = []
     own = [path for path in KERNELS if RUNS[path]]
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x: measured.append(sorted(candidates)) or sorted(candidates)[0]
+        kernels,
+        "fastest",
+        lambda candidates, x, cold=False: measured.append(sorted(candidates)) or sorted(candidates)[0],
     )
     plan = plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "int4-prompt=tinygemm")
     assert measured == ([sorted(["tinygemm", *own])] if own else [])
