@@ -331,8 +331,12 @@ def prepare(model: nn.Module, quantize: str = "none", plan: Plan | None = None) 
         return f"{quantize_linears(model, quantize, plan)}{use_prompt_paths(model, plan)}"
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         scratch = Scratch()
-        paths = _swap(model, lambda linear: _upcast(linear, scratch, plan))
-        return f"{name} weights ({', '.join(sorted(paths))})"
+        _swap(model, lambda linear: _upcast(linear, scratch, plan))
+        made = [m for m in model.modules() if isinstance(m, UpcastLinear)]
+        decode, prompts = (
+            " + ".join(sorted({getattr(m, role) for m in made})) for role in ("decode", "prefill")
+        )
+        return f"{name} weights (decode {decode}, prompts {prompts})"
     through_onednn = {shape for shape, paths in plan.items() if paths.get("fp32") == "onednn"}
     if device.type == "cpu" and dtype == torch.float32 and through_onednn:
         paths = _swap(
@@ -386,13 +390,6 @@ def _upcast(linear: nn.Linear, scratch: Scratch, plan: Plan) -> UpcastLinear:
     return UpcastLinear(linear, scratch, paths.get("decode", "linear"), paths.get("prefill", "upcast"))
 
 
-def _paths(made: nn.Module) -> str:
-    """How a layer without a `kind` multiplies, for the kernels' description."""
-    if isinstance(made, UpcastLinear):
-        return f"decode {made.decode}, prompts {made.prefill}"
-    return "linear"
-
-
 def _swap(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> set[str]:
     """Replace each nn.Linear by `make(linear)`, one at a time so each original can be freed before the
     next is made; returns the kinds made (for the description)."""
@@ -404,7 +401,7 @@ def _swap(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> set[str]:
             if type(child) is nn.Linear:
                 made = make(child)
                 setattr(parent, name, made)
-                kinds.add(getattr(made, "kind", "") or _paths(made))
+                kinds.add(getattr(made, "kind", "") or "linear")
                 del child, made
     return kinds
 
