@@ -161,7 +161,7 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
 def native_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility, unfit: AttentionFn | None = None
 ) -> torch.Tensor:
-    """Rows of queries through sc2's own kernel (native.py: the grouped maths in AVX512-BF16 dot products
+    """Rows of queries through sc2's own kernel (native.py: the grouped maths in AVX512-BF16 dot products or AVX2 FMAs
     and fp32, reading the bf16 cache in place), each over the keys that token alone would get, so a row
     comes out the same alone, with drafts or in a prompt; a prompt's rows in calls of at most
     `NATIVE_SCORES` scores. Calls it does not take (several sequences, no cache layout) go to `unfit`, by

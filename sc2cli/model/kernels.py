@@ -40,9 +40,10 @@ decision with its candidate paths:
   18-23 GB/s against tinygemm's 4.7-5.9).
 - `attention`: one token's attention under the sdpa backend, `fused` (PyTorch's kernel), `grouped`
   (fp32 matrix products, each K/V head read once per query group; attention.py) or `native` (the same
-  maths in sc2's own AVX512-BF16 kernel on the bf16 cache in place, native.py; 3B heads, 2 threads, AMD
-  Zen 5: 44 us over 512 keys and 184 over 2,048 against grouped's 190 and 450). Keyed by the widths of
-  q and k rather than a weight's shape.
+  maths in sc2's own kernel on the bf16 cache in place, native.py: AVX512-BF16's, else AVX2's; 3B heads,
+  2 threads, AMD Zen 5: 44 us over 512 keys and 184 over 2,048 against grouped's 190 and 450; a 3B int4
+  token on an AVX2-only AMD EPYC, rotary and cache write included: 67-70 ms against 74). Keyed by the
+  widths of q and k rather than a weight's shape.
 - `prompt-attention`: a prompt's many rows under the sdpa backend, `fused` or `native` (the same kernel,
   each row over the keys that token alone would get; 512 causal tokens of 3B heads: 10 against 20 ms).
 
@@ -101,7 +102,7 @@ PROBE_REPS = 3
 COLD_ROLES = ("decode", "int8", "int4-decode")
 EVICT_MULTIPLE = 2  # cache sizes read before each timed call of those roles
 CACHE_BYTES_UNKNOWN = 32 << 20
-PROBE_VERSION = 9  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 10  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

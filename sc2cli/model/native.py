@@ -5,7 +5,7 @@ AVX-512 VNNI or with AVX2; called through native_int4.py), int8_vnni.c (int8 wei
 called through native_int8.py), bf16_gemv.c (dense bf16 weights times a few rows in AVX512-BF16's dot
 products; bf16_avx2.c, the same with AVX2's fused multiply-adds, where the CPU has no native bf16) and
 attention_one.c (one token's attention over the bf16 KV cache; with the rotary embedding and
-cache write before it, through native_attention.py).
+cache write before it, through native_attention.py; attention_avx2.c, the same without native bf16).
 
 Why a bf16 kernel: on CPUs with native bf16, PyTorch's and oneDNN's one-row bf16 products were measured
 reading 40-60% of the memory's speed (AMD Zen 5 in a slow hour: 12.6 and 18-19 GB/s where a sum read 32)
@@ -36,6 +36,13 @@ from ..folders import cache_folder, owned_by_user
 _pointer, _int = ctypes.c_void_p, ctypes.c_int
 # Each library: its compiler flags, the CPU flags they need (as /proc/cpuinfo spells them), and its
 # functions, each with its result and arguments.
+ATTENTION_FUNCTIONS = (
+    ("attend_rows", _int, [_pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer, _pointer,
+                           ctypes.c_long, ctypes.c_float, _pointer, _pointer, _int]),
+    ("rotate_attend", _int, [_pointer, _pointer, _pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer,
+                             _pointer, ctypes.c_long, _int, _int, ctypes.c_float, _pointer, _pointer, _pointer,
+                             _int]),
+)  # fmt: skip
 LIBRARIES = {
     "int4_vnni": (
         ("-mavx512f", "-mavx512bw", "-mavx512vnni", "-mavx512vbmi", "-mfma"),
@@ -77,15 +84,21 @@ LIBRARIES = {
     "attention_one": (
         ("-mavx512f", "-mavx512bw", "-mavx512bf16", "-mfma"),
         ("avx512f", "avx512bw", "avx512_bf16"),
-        ("attend_rows", _int, [_pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer, _pointer,
-                               ctypes.c_long, ctypes.c_float, _pointer, _pointer, _int]),
-        ("rotate_attend", _int, [_pointer, _pointer, _pointer, _int, _int, _int, _int, _pointer, _pointer, _pointer,
-                                 _pointer, ctypes.c_long, _int, _int, ctypes.c_float, _pointer, _pointer, _pointer,
-                                 _int]),
+        *ATTENTION_FUNCTIONS,
+    ),
+    "attention_avx2": (  # attention_one.c's functions for CPUs without native bf16 (`attention_library`)
+        ("-mavx2", "-mfma"),
+        ("avx2", "fma"),
+        *ATTENTION_FUNCTIONS,
     ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own
-HEADERS = ("bf16.h", "bf16_rows.h", "int4_rows.h")  # included by the sources: part of every library's key
+HEADERS = (
+    "bf16.h",
+    "bf16_rows.h",
+    "int4_rows.h",
+    "attention_rows.h",
+)  # included by the sources: part of every library's key
 COMPILE_SECONDS = 120
 
 
@@ -190,9 +203,14 @@ def _bf16_agrees(stream: bool = False) -> bool:
 
 
 def attention_one_works() -> bool:
-    """Whether the one-token attention kernel runs here (native bf16, a compiler) and agrees with float64
-    maths."""
+    """Whether the one-token attention kernel runs here (a compiler; AVX512-BF16, or AVX2 and FMA) and agrees
+    with float64 maths."""
     return _attention_agrees()
+
+
+def attention_library() -> ctypes.CDLL | None:
+    """The attention kernel for this CPU: AVX512-BF16's dot products where it has them, else AVX2's FMAs."""
+    return _library("attention_one") or _library("attention_avx2")
 
 
 def attention_one_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -218,7 +236,7 @@ def attention_one(
     """softmax(q k^T / sqrt(hd)) v for each of T tokens: q (1, H, T, hd), k and v (1, n_kv, S, hd), each K/V
     head serving H / n_kv query heads, token t over keys [first, first + count) = `keys[t]` (default: one
     token over all S); (1, H, T, hd) bf16, computed in fp32 and rounded once, each token as alone."""
-    library = _library("attention_one")
+    library = attention_library()
     assert library is not None, "attention_one called where attention_one_works is False"
     _, H, T, hd = q.shape
     n_kv, S = k.shape[1], k.shape[2]
@@ -263,7 +281,7 @@ def _working(name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
 def _attention_agrees() -> bool:
     """The kernel against float64 maths, within bf16's rounding of the result, over key counts around its
     blocks of 16 and query groups split across threads or not."""
-    if _library("attention_one") is None:
+    if attention_library() is None:
         return False
     generator = torch.Generator().manual_seed(0)
     for heads, n_kv, keys in ((4, 2, 1), (12, 1, 37), (8, 4, 64)):

@@ -16,13 +16,13 @@ import functools
 import torch
 
 from .attention import first_visible_key
-from .native import _built, _library, _working, attention_one  # the build machinery they share
+from .native import _working, attention_library, attention_one  # the build machinery they share
 
 
 def rotate_attend_works() -> bool:
     """Whether the one call runs here and gives, bit for bit, the output and cache of model.py's rotate,
     KVCache.store and `native.attention_one`."""
-    return _built("attention_one") and _rotate_attend_agrees()
+    return attention_library() is not None and _rotate_attend_agrees()
 
 
 def rotate_attend(
@@ -63,7 +63,7 @@ def rotate_attend(
     rotated = _working("rotated", T * H * hd, torch.bfloat16)
     scores = _working("scores", T * H * (start + T), torch.float32)
     out = torch.empty(1, T, H * hd, dtype=torch.bfloat16)
-    status = _library("attention_one").rotate_attend(
+    status = attention_library().rotate_attend(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), T, H, n_kv, hd, cos.data_ptr(), sin.data_ptr(),
         keys.data_ptr(), values.data_ptr(), keys.stride(1), start, window or 0, hd**-0.5, rotated.data_ptr(),
         out.data_ptr(), scores.data_ptr(), torch.get_num_threads(),
