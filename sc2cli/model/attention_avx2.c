@@ -143,23 +143,6 @@ static inline __attribute__((always_inline)) void weighted_values(const float *p
     }
 }
 
-static void values(const float *p, int NQ, int S, const uint16_t *v, int hd, uint16_t *out) {
-    switch (NQ) { /* NQ <= QUERIES */
-    case 1: weighted_values(p, 1, S, v, hd, out); break;
-    case 2: weighted_values(p, 2, S, v, hd, out); break;
-    case 3: weighted_values(p, 3, S, v, hd, out); break;
-    case 4: weighted_values(p, 4, S, v, hd, out); break;
-    case 5: weighted_values(p, 5, S, v, hd, out); break;
-    case 6: weighted_values(p, 6, S, v, hd, out); break;
-    case 7: weighted_values(p, 7, S, v, hd, out); break;
-    case 8: weighted_values(p, 8, S, v, hd, out); break;
-    case 9: weighted_values(p, 9, S, v, hd, out); break;
-    case 10: weighted_values(p, 10, S, v, hd, out); break;
-    case 11: weighted_values(p, 11, S, v, hd, out); break;
-    default: weighted_values(p, 12, S, v, hd, out); break;
-    }
-}
-
 /* 8 fp32 values rounded to bf16 (to nearest even, as PyTorch rounds; NaN stays NaN), kept as fp32 bits. */
 static inline __m256i bf16_bits8(__m256 f) {
     const __m256i bits = _mm256_castps_si256(f);

@@ -1,12 +1,30 @@
 /* The driver attention_one.c and attention_avx2.c share: `attend_rows` splits T tokens' attention into work
    items (a token, a K/V head and up to QUERIES of its query heads) across threads, and `rotate_attend`
    puts the new tokens' rotary embedding and cache write before it. Included after the kernel's own
-   QUERIES, query_scores, softmax, values and rotate_row. */
+   QUERIES, query_scores, softmax, weighted_values and rotate_row. */
 
 #ifndef SC2_ATTENTION_ROWS_H
 #define SC2_ATTENTION_ROWS_H
 
 #include <string.h>
+
+/* The kernel's weighted_values with NQ a constant (its sums in registers). */
+static void values(const float *p, int NQ, int S, const uint16_t *v, int hd, uint16_t *out) {
+    switch (NQ) { /* NQ <= QUERIES */
+    case 1: weighted_values(p, 1, S, v, hd, out); break;
+    case 2: weighted_values(p, 2, S, v, hd, out); break;
+    case 3: weighted_values(p, 3, S, v, hd, out); break;
+    case 4: weighted_values(p, 4, S, v, hd, out); break;
+    case 5: weighted_values(p, 5, S, v, hd, out); break;
+    case 6: weighted_values(p, 6, S, v, hd, out); break;
+    case 7: weighted_values(p, 7, S, v, hd, out); break;
+    case 8: weighted_values(p, 8, S, v, hd, out); break;
+    case 9: weighted_values(p, 9, S, v, hd, out); break;
+    case 10: weighted_values(p, 10, S, v, hd, out); break;
+    case 11: weighted_values(p, 11, S, v, hd, out); break;
+    default: weighted_values(p, 12, S, v, hd, out); break;
+    }
+}
 
 /* T tokens (a token and its drafts), each exactly as it would be alone: token t's query heads q[t] (H, hd)
    attend to keys [first[t], first[t] + count[t]) of k and v (n_kv heads, keys `hd` apart, heads
