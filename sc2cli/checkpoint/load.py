@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.attention import plan_prompt_attention, plan_single_query, select_backend
 from ..model.device import resolve_device, resolve_dtype
-from ..model.kernels import ROLES, Choices, measure_again
+from ..model.kernels import ROLES, Choices, measure_again, tensors_reader
 from ..model.linear import (
     KINDS,
     PROBE_MIN_BYTES,
@@ -230,7 +230,8 @@ def load_checkpoint(
         quantize == "none"
     ):  # kernels measured with the weights in place, for the reason choose_run_paths gives
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
-        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes)
+        evict = tensors_reader(model.parameters())  # the cold probes read the weights: no buffer of their own
+        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes, evict=evict)
         model.kernels = prepare(model, quantize, plan)
     else:  # the packed-weight cache is keyed by the roles it stores: those are measured before loading
         stored = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes,
@@ -238,7 +239,7 @@ def load_checkpoint(
         weights, cached = load_quantized(model, files, quantize, stored, device, dtype, progress)
         # the rest with the quantized weights in place, where the probe's buffers add to less memory
         run_time = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes,
-                                roles=RUN_TIME_ROLES)  # fmt: skip
+                                roles=RUN_TIME_ROLES, evict=tensors_reader(model.parameters()))  # fmt: skip
         model.kernels = (
             weights + use_prompt_paths(model, run_time) + (" (packed-weight cache)" if cached else "")
         )

@@ -64,7 +64,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -218,13 +218,15 @@ def _read_json(path: Path) -> dict[str, dict[str, str]]:
 
 
 def fastest(
-    candidates: dict[str, Kernel], x: torch.Tensor, reps: int = PROBE_REPS, cold: bool = False
+    candidates: dict[str, Kernel],
+    x: torch.Tensor,
+    reps: int = PROBE_REPS,
+    evict: Callable[[], object] | None = None,
 ) -> str:
     """The candidate with the lowest best-of-`reps` time on `x`, timed interleaved after one warm-up each
-    (the best rather than the median: other processes on the machine only ever add time); `cold`: each
-    call after `EVICT_MULTIPLE` times the last-level cache is read, so it reads its weights from memory."""
+    (the best rather than the median: other processes on the machine only ever add time); `evict`, where
+    given, is called before each timed call (so that the call reads its weights from memory)."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    evict = cache_reader(EVICT_MULTIPLE * last_level_cache_bytes()) if cold else None
     with torch.inference_mode():
         for fn in candidates.values():
             fn(x)
@@ -238,10 +240,30 @@ def fastest(
     return min(times, key=lambda name: min(times[name]))
 
 
-def cache_reader(size: int) -> Callable[[], object]:
-    """A call that reads `size` bytes written once here (written, so the pages are real memory)."""
-    buffer = torch.ones(size // 4)
-    return buffer.sum
+def cache_reader(size: int | None = None) -> Callable[[], object]:
+    """A call that reads `size` bytes (default `EVICT_MULTIPLE` times the last-level cache) of memory
+    written on its first call (written, so the pages are real memory) and kept by the call."""
+    buffer = None
+
+    def read() -> object:
+        nonlocal buffer
+        if buffer is None:
+            buffer = torch.ones((size or EVICT_MULTIPLE * last_level_cache_bytes()) // 4)
+        return buffer.sum()
+
+    return read
+
+
+def tensors_reader(tensors: Iterable[torch.Tensor]) -> Callable[[], object]:
+    """A call that reads the first of `tensors` up to `EVICT_MULTIPLE` times the last-level cache in all
+    (a loaded model's weights: eviction that needs no memory of its own)."""
+    chosen, held = [], 0
+    for t in tensors:
+        if held >= EVICT_MULTIPLE * last_level_cache_bytes():
+            break
+        chosen.append(t)
+        held += t.numel() * t.element_size()
+    return lambda: [t.sum() for t in chosen]
 
 
 def choose(
@@ -253,11 +275,13 @@ def choose(
     forced: dict[str, str],
     choices: Choices | None,
     default: str | None = None,
+    evict: Callable[[], object] | None = None,
 ) -> str:
     """The path for `role` on weights of `shape` among the `available` ones: forced, else remembered, else
     `default` when given (models too small for the choice to matter are not measured), else measured on
-    the kernels `make()` builds (and remembered; `choices` None: no memory). A forced path this machine
-    lacks is treated like `auto`; a single candidate needs no measurement."""
+    the kernels `make()` builds (and remembered; `choices` None: no memory), `COLD_ROLES` after `evict`
+    (default: reading a buffer of their own). A forced path this machine lacks is treated like `auto`; a
+    single candidate needs no measurement."""
     if forced.get(role) in available:
         return forced[role]
     if len(available) == 1:
@@ -268,7 +292,8 @@ def choose(
     if default in available:
         return default
     x = torch.randn(PROBE_ROWS[role], shape[1], generator=torch.Generator().manual_seed(0)).to(dtype)
-    winner = fastest(make(), x, cold=role in COLD_ROLES)
+    cold = role in COLD_ROLES  # timed from memory: through `evict`, else a buffer of this call's own
+    winner = fastest(make(), x, evict=(evict or cache_reader()) if cold else None)
     if choices is not None:
         choices.put(role, shape, winner)
     return winner

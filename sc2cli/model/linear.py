@@ -37,7 +37,7 @@ from . import native, native_int4, native_int8, onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_fast, int8_mm_works
 from .device import cpu_has_native_bf16
 from .int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear
-from .kernels import PROBE_MAX_OUT, Choices, choose, measure_again, parse_forced
+from .kernels import PROBE_MAX_OUT, Choices, cache_reader, choose, measure_again, parse_forced
 from .quant import INT4_GROUP, Int4Linear, QuantizedLinear, int4_fits
 
 QUANTIZATIONS = ("none", "int8", "int4")
@@ -151,10 +151,12 @@ def plan_kernels(
     remember: bool = True,
     weight_bytes: int | None = None,
     roles: Collection[str] | None = None,
+    evict: Callable[[], object] | None = None,
 ) -> Plan:
     """The path of every role each shape needs (of `roles` only, when given), forced by `kernels` (else
     `$SC2_KERNELS`), remembered, or measured on stand-in weights of that shape (kernels.py); models of
-    fewer than `PROBE_MIN_BYTES` of `weight_bytes` take unmeasured defaults. Only CPUs have choices."""
+    fewer than `PROBE_MIN_BYTES` of `weight_bytes` take unmeasured defaults. Only CPUs have choices. A
+    token's products are timed after `evict` (kernels.py's `COLD_ROLES`; default: one buffer for the plan)."""
     if quantize not in QUANTIZATIONS:
         raise InputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
     forced = parse_forced(kernels)
@@ -163,6 +165,7 @@ def plan_kernels(
     choices = Choices(fresh=measure_again(kernels)) if remember else None
     plan: Plan = {}
     small = weight_bytes is not None and weight_bytes < PROBE_MIN_BYTES
+    evict = evict or cache_reader()  # allocated on its first call
     for shape in shapes:
         plan[shape] = {}
         stand_in = _stand_in(shape, dtype)
@@ -173,7 +176,7 @@ def plan_kernels(
                 available = [path for path in available if _worth_timing(role, path)]
             make = functools.partial(CANDIDATES[role], stand_in, available)
             default = _default(role, available) if small else None
-            plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default)
+            plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default, evict)
     if choices is not None:
         choices.save()
     return plan

@@ -261,7 +261,7 @@ def test_plan_forces_the_int4_prompt_path_and_remembers_what_it_measured(monkeyp
         return
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "dequant"
+        kernels, "fastest", lambda candidates, x, evict=None: measured.append(sorted(candidates)) or "dequant"
     )
     decode = "int4-decode=tinygemm"  # measured in test_native_int4.py
     first = plan_kernels(shapes, "int4", torch.device("cpu"), torch.bfloat16, decode)
@@ -289,7 +289,7 @@ def test_small_models_take_tinygemm_unmeasured(monkeypatch):
     import sc2cli.model.kernels as kernels
 
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: pytest.fail("measured a tiny model")
+        kernels, "fastest", lambda candidates, x, evict=None: pytest.fail("measured a tiny model")
     )
     plan = plan_kernels([(256, 128)], "int4", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=65536)
     assert plan == {(256, 128): {"int4-prompt": "tinygemm", "int4-decode": "tinygemm"}}

@@ -115,7 +115,7 @@ def test_the_plan_offers_the_kernel_only_where_it_runs(monkeypatch):
     monkeypatch.setattr(
         kernels,
         "fastest",
-        lambda candidates, x, cold=False: (
+        lambda candidates, x, evict=None: (
             measured.append(sorted(candidates)) or ("vnni" if "vnni" in candidates else sorted(candidates)[0])
         ),
     )

@@ -230,7 +230,7 @@ def test_plan_follows_forced_paths_and_measures_only_the_rest(monkeypatch):
 
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "linear"
+        kernels, "fastest", lambda candidates, x, evict=None: measured.append(sorted(candidates)) or "linear"
     )
     plan = plan_kernels(
         [(96, 64)], "none", torch.device("cpu"), torch.bfloat16, "prefill=upcast", remember=False
@@ -261,7 +261,7 @@ def test_small_models_are_not_measured(monkeypatch):
     import sc2cli.model.kernels as kernels
 
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: pytest.fail("measured a tiny model")
+        kernels, "fastest", lambda candidates, x, evict=None: pytest.fail("measured a tiny model")
     )
     plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.bfloat16, "auto", weight_bytes=12288)
     assert set(plan[(96, 64)]) == {"decode", "prefill"}
@@ -353,7 +353,7 @@ def test_fp32_weights_are_measured_between_blas_and_onednn(monkeypatch):
 
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "linear"
+        kernels, "fastest", lambda candidates, x, evict=None: measured.append(sorted(candidates)) or "linear"
     )
     plan = plan_kernels([(96, 64)], "none", torch.device("cpu"), torch.float32, "auto", remember=False)
     assert plan == {(96, 64): {"fp32": "linear"}}
@@ -374,7 +374,7 @@ def test_measure_sets_remembered_choices_aside_and_replaces_them(monkeypatch, tm
     old.save()
     timed: list[list[str]] = []
 
-    def fake_fastest(candidates, x, cold=False):
+    def fake_fastest(candidates, x, evict=None):
         timed.append(sorted(candidates))
         return sorted(candidates)[-1]  # another winner than the remembered one
 
@@ -396,29 +396,43 @@ def test_measure_sets_remembered_choices_aside_and_replaces_them(monkeypatch, tm
 
 
 def test_a_tokens_products_are_timed_from_memory_and_a_prompts_from_cache(monkeypatch):
-    """Decode roles read the cache's size over before each timed call (a pass over the model reads each
-    weight from memory); prompt roles do not (their weights are reused across rows)."""
+    """Decode roles read memory the cache cannot hold before each timed call (a pass over the model reads
+    each weight from memory); prompt roles do not (their weights are reused across rows)."""
     import sc2cli.model.kernels as kernels
 
-    reads, events = [], []
-    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 1 << 20)
-    monkeypatch.setattr(
-        kernels, "cache_reader", lambda size: reads.append(size) or (lambda: events.append("read"))
-    )
+    events = []
     candidates = {name: lambda x, n=name: events.append(n) for name in ("a", "b")}
-    kernels.fastest(candidates, torch.zeros(1, 4), reps=2, cold=True)
-    assert reads == [kernels.EVICT_MULTIPLE << 20]
+    kernels.fastest(candidates, torch.zeros(1, 4), reps=2, evict=lambda: events.append("read"))
     assert (
         events == ["a", "b"] + ["read", "a", "read", "b"] * 2
     )  # warm-ups, then each timed call after a read
     events.clear()
     kernels.fastest(candidates, torch.zeros(1, 4), reps=2)
-    assert events == ["a", "b"] * 3 and len(reads) == 1
-    colds = []
-    monkeypatch.setattr(kernels, "fastest", lambda candidates, x, cold=False: colds.append(cold) or "linear")
+    assert events == ["a", "b"] * 3
+    evicts = []
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x, evict=None: evicts.append(evict) or "linear"
+    )
     for role in ("decode", "prefill"):
         assert (
             kernels.choose(role, (96, 64), ["linear", "upcast"], dict, torch.bfloat16, {}, None) == "linear"
         )
-    assert colds == [True, False]
+    assert callable(evicts[0]) and evicts[1] is None  # decode: a buffer of its own, when given none
+    mine = lambda: None  # noqa: E731
+    kernels.choose("decode", (96, 64), ["linear", "upcast"], dict, torch.bfloat16, {}, None, evict=mine)
+    assert evicts[2] is mine
     assert set(kernels.COLD_ROLES) == {"decode", "int8", "int4-decode"}
+
+
+def test_the_cold_probes_read_enough_memory_and_a_loaded_models_weights_serve(monkeypatch):
+    import sc2cli.model.kernels as kernels
+
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 1 << 10)
+    read = kernels.cache_reader()
+    assert float(read()) == kernels.EVICT_MULTIPLE * (1 << 10) / 4  # ones, all of them read
+    sums = []
+    tensors = [torch.ones(256) * i for i in range(1, 6)]  # 1 KB each: the first two cover 2 KB
+    for t in tensors:
+        t.sum = lambda t=t: sums.append(t[0].item())
+    kernels.tensors_reader(tensors)()
+    assert sums == [1, 2]

@@ -154,7 +154,7 @@ def test_the_plan_offers_the_kernel_only_where_it_runs_and_is_wanted(monkeypatch
     works = native.attention_one_works()
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "grouped"
+        kernels, "fastest", lambda candidates, x, evict=None: measured.append(sorted(candidates)) or "grouped"
     )
     assert plan_single_query(config, "sdpa", cpu, bf16, "measure") == "grouped"
     assert measured == [["fused", "grouped"] + (["native"] if works else [])]

@@ -312,7 +312,7 @@ def test_the_plan_offers_the_kernels_where_they_run(monkeypatch):
     monkeypatch.setattr(
         kernels,
         "fastest",
-        lambda candidates, x, cold=False: measured.append(sorted(candidates)) or sorted(candidates)[0],
+        lambda candidates, x, evict=None: measured.append(sorted(candidates)) or sorted(candidates)[0],
     )
     plan = plan_kernels([(128, 256)], "int4", torch.device("cpu"), torch.bfloat16, "int4-prompt=tinygemm")
     assert measured == ([sorted(["tinygemm", *own])] if own else [])

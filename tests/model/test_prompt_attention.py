@@ -87,7 +87,7 @@ def test_the_plan_offers_the_kernel_for_prompts_only_where_it_runs(monkeypatch):
     works = native.attention_one_works()
     measured = []
     monkeypatch.setattr(
-        kernels, "fastest", lambda candidates, x, cold=False: measured.append(sorted(candidates)) or "fused"
+        kernels, "fastest", lambda candidates, x, evict=None: measured.append(sorted(candidates)) or "fused"
     )
     assert plan_prompt_attention(config, "sdpa", cpu, bf16, "measure") == "fused"
     assert measured == ([["fused", "native"]] if works else [])
