@@ -37,6 +37,7 @@ from ..model.linear import (
     prepare,
     quantize_linears,
     use_prompt_paths,
+    weights_of,
 )
 from ..model.model import Starcoder2
 from ..model.quant import INT4_GROUP, INT4_MULTIPLIER_MAX, int4_layout
@@ -231,7 +232,8 @@ def load_checkpoint(
     ):  # kernels measured with the weights in place, for the reason choose_run_paths gives
         load_weights(model, files, device=device, dtype=dtype, progress=progress)
         evict = tensors_reader(model.parameters())  # the cold probes read the weights: no buffer of their own
-        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes, evict=evict)
+        plan = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes, evict=evict,
+                            weights=weights_of(model))  # fmt: skip
         model.kernels = prepare(model, quantize, plan)
     else:  # the packed-weight cache is keyed by the roles it stores: those are measured before loading
         stored = plan_kernels(shapes, quantize, device, dtype, kernels, weight_bytes=weight_bytes,

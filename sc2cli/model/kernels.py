@@ -98,7 +98,8 @@ PROBE_REPS = 3
 # Roles of a token's products, which read each weight from memory in a pass over the model: timed from
 # memory, not from the cache a stand-in weight fits in (AVX2-only AMD EPYC, 32 MB of L3, 3072x3072 bf16
 # stand-in: 48-58 GB/s timed again and again, 22-33 cold, where the model's pass reads 27-32; and the
-# order of the candidates differs).
+# order of the candidates differs). Where the model is loaded, bf16 decode is timed over its own weights
+# in turn (linear.py's `_decode_candidates`): even a cold stand-in ranked the kernels otherwise.
 COLD_ROLES = ("decode", "int8", "int4-decode")
 EVICT_MULTIPLE = 2  # cache sizes read before each timed call of those roles
 CACHE_BYTES_UNKNOWN = 32 << 20
@@ -254,15 +255,21 @@ def cache_reader(size: int | None = None) -> Callable[[], object]:
     return read
 
 
-def tensors_reader(tensors: Iterable[torch.Tensor]) -> Callable[[], object]:
-    """A call that reads the first of `tensors` up to `EVICT_MULTIPLE` times the last-level cache in all
-    (a loaded model's weights: eviction that needs no memory of its own)."""
+def cache_sized(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The first of `tensors` up to `EVICT_MULTIPLE` times the last-level cache in all (at least one)."""
     chosen, held = [], 0
     for t in tensors:
-        if held >= EVICT_MULTIPLE * last_level_cache_bytes():
+        if chosen and held >= EVICT_MULTIPLE * last_level_cache_bytes():
             break
         chosen.append(t)
         held += t.numel() * t.element_size()
+    return chosen
+
+
+def tensors_reader(tensors: Iterable[torch.Tensor]) -> Callable[[], object]:
+    """A call that reads `cache_sized(tensors)` (a loaded model's weights: eviction that needs no memory of
+    its own)."""
+    chosen = cache_sized(tensors)
     return lambda: [t.sum() for t in chosen]
 
 

@@ -37,7 +37,7 @@ from . import native, native_int4, native_int8, onednn
 from .dequant import UnpackScratch, cpu_layout, int8_mm_fast, int8_mm_works
 from .device import cpu_has_native_bf16
 from .int8 import DynamicInt8Linear, VnniInt8Linear, WeightOnlyInt8Linear
-from .kernels import PROBE_MAX_OUT, Choices, cache_reader, choose, measure_again, parse_forced
+from .kernels import PROBE_MAX_OUT, Choices, cache_reader, cache_sized, choose, measure_again, parse_forced
 from .quant import INT4_GROUP, Int4Linear, QuantizedLinear, int4_fits
 
 QUANTIZATIONS = ("none", "int8", "int4")
@@ -142,6 +142,13 @@ def linear_shapes(model: nn.Module) -> tuple[list[tuple[int, int]], int]:
     return shapes, sum(w.numel() for w in weights) * model.dtype.itemsize  # type: ignore[return-value]
 
 
+def weights_of(model: nn.Module) -> Callable[[tuple[int, int]], list[torch.Tensor]]:
+    """The model's (loaded) weights of a shape, for `plan_kernels` to time a token's products on."""
+    return lambda shape: [
+        m.weight for m in model.modules() if type(m) is nn.Linear and m.weight.shape == shape
+    ]
+
+
 def plan_kernels(
     shapes: list[tuple[int, int]],
     quantize: str,
@@ -152,11 +159,13 @@ def plan_kernels(
     weight_bytes: int | None = None,
     roles: Collection[str] | None = None,
     evict: Callable[[], object] | None = None,
+    weights: Callable[[tuple[int, int]], list[torch.Tensor]] | None = None,
 ) -> Plan:
     """The path of every role each shape needs (of `roles` only, when given), forced by `kernels` (else
     `$SC2_KERNELS`), remembered, or measured on stand-in weights of that shape (kernels.py); models of
     fewer than `PROBE_MIN_BYTES` of `weight_bytes` take unmeasured defaults. Only CPUs have choices. A
-    token's products are timed after `evict` (kernels.py's `COLD_ROLES`; default: one buffer for the plan)."""
+    token's products are timed after `evict` (kernels.py's `COLD_ROLES`; default: one buffer for the plan)
+    and, where `weights` gives a loaded model's weights of a shape, over those in turn (`_decode_candidates`)."""
     if quantize not in QUANTIZATIONS:
         raise InputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
     forced = parse_forced(kernels)
@@ -175,6 +184,8 @@ def plan_kernels(
             if forced.get(role) not in available:  # what is measured: the paths that can win
                 available = [path for path in available if _worth_timing(role, path)]
             make = functools.partial(CANDIDATES[role], stand_in, available)
+            if role == "decode" and weights is not None and "packed" not in available:  # no copies of them
+                make = functools.partial(_decode_candidates, stand_in, available, cache_sized(weights(shape)))
             default = _default(role, available) if small else None
             plan[shape][role] = choose(role, shape, available, make, dtype, forced, choices, default, evict)
     if choices is not None:
@@ -257,19 +268,34 @@ def _as_linear(weight: torch.Tensor) -> nn.Linear:
     return linear
 
 
-def _decode_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:
-    """`F.linear` and the oneDNN paths `available` names, on the stand-in weight (bf16 decode; fp32)."""
-    weight = layer().weight
-    paths = {"linear": lambda x: F.linear(x, weight)}
+def _decode_candidates(
+    layer: Callable[[], nn.Linear], available: list[str], weights: list[torch.Tensor] | None = None
+) -> dict[str, Callable]:
+    """`F.linear` and the oneDNN paths `available` names, on the stand-in weight (bf16 decode; fp32), or on
+    each of `weights` in turn, a loaded model's (kernels.py's `cache_sized`): a product read right after another matrix's,
+    as in a pass over the model, runs as it does there. On the AVX2-only EPYC, the stand-in timed alone
+    from memory ranked `F.linear` first for 3072 inputs, where over a whole 3B pass it was the slowest
+    (a token's matrices 0.240 s against 0.217 in blocks of rows and 0.187 with one row at a time there)."""
+    weights = weights or [layer().weight]
+    paths = {"linear": F.linear}
     if "onednn" in available:
-        paths["onednn"] = lambda x: onednn.product(x, weight)
-    if "packed" in available:
-        packed = onednn.pack(weight)
-        paths["packed"] = lambda x: onednn.product(x, packed)
-    for path in ("native", "stream"):
-        if path in available and native.bf16_gemv_fits(weight):
-            paths[path] = lambda x, stream=path == "stream": native.bf16_gemv(x, weight, None, stream)
-    return paths
+        paths["onednn"] = onednn.product
+    if all(native.bf16_gemv_fits(w) for w in weights):
+        paths |= {path: functools.partial(_bf16_gemv, stream=path == "stream")
+                  for path in ("native", "stream") if path in available}  # fmt: skip
+    made = {path: functools.partial(_each, product, weights) for path, product in paths.items()}
+    if "packed" in available:  # a copy of each weight: the stand-in's only (`plan_kernels`)
+        made["packed"] = functools.partial(_each, onednn.product, [onednn.pack(w) for w in weights])
+    return made
+
+
+def _bf16_gemv(x: torch.Tensor, weight: torch.Tensor, stream: bool) -> torch.Tensor:
+    return native.bf16_gemv(x, weight, None, stream)
+
+
+def _each(product: Callable, weights: list[torch.Tensor], x: torch.Tensor) -> None:
+    for weight in weights:
+        product(x, weight)
 
 
 def _prefill_candidates(layer: Callable[[], nn.Linear], available: list[str]) -> dict[str, Callable]:

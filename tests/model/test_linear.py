@@ -436,3 +436,28 @@ def test_the_cold_probes_read_enough_memory_and_a_loaded_models_weights_serve(mo
         t.sum = lambda t=t: sums.append(t[0].item())
     kernels.tensors_reader(tensors)()
     assert sums == [1, 2]
+
+
+def test_a_loaded_models_decode_products_are_timed_over_its_own_weights_in_turn(monkeypatch):
+    """Each timed call runs a candidate over the model's weights of the shape one after another, up to twice
+    the cache (the stand-in timed alone ranks the kernels as no pass over the model does)."""
+    import sc2cli.model.kernels as kernels
+
+    weights = [torch.randn(96, 64).bfloat16() for _ in range(4)]
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 96 * 64 * 2)  # two weights: twice it
+    seen, timed = [], {}
+    monkeypatch.setattr(F, "linear", lambda x, w: seen.append(w))
+    monkeypatch.setattr(
+        kernels, "fastest", lambda candidates, x, evict=None: timed.update(candidates) or "linear"
+    )
+    shapes = [(96, 64)]
+    plan_kernels(shapes, "none", torch.device("cpu"), torch.bfloat16, "prefill=linear", remember=False,
+                 weights=lambda shape: weights if shape == (96, 64) else [])  # fmt: skip
+    timed["linear"](torch.zeros(1, 64).bfloat16())
+    assert [id(w) for w in seen] == [id(w) for w in weights[:2]]
+    seen.clear()
+    plan_kernels(shapes, "none", torch.device("cpu"), torch.bfloat16, "prefill=linear", remember=False)
+    timed["linear"](torch.zeros(1, 64).bfloat16())
+    assert (
+        len(seen) == 1 and seen[0].shape == (96, 64) and not any(seen[0] is w for w in weights)
+    )  # a stand-in
