@@ -101,6 +101,9 @@ PROBE_REPS = 3
 # order of the candidates differs). Where the model is loaded, bf16 decode is timed over its own weights
 # in turn (linear.py's `_decode_candidates`): even a cold stand-in ranked the kernels otherwise.
 COLD_ROLES = ("decode", "int8", "int4-decode")
+# Their repetitions: memory's speed drifts more than the cache's, and close candidates (3072x3072 bf16 on
+# that CPU: one row at a time against F.linear, 5% apart over a model's pass) swapped places at 3.
+COLD_REPS = 5
 EVICT_MULTIPLE = 2  # cache sizes read before each timed call of those roles
 CACHE_BYTES_UNKNOWN = 32 << 20
 PROBE_VERSION = 10  # raised when candidates or probe sizes change: earlier choices are measured again
@@ -221,12 +224,14 @@ def _read_json(path: Path) -> dict[str, dict[str, str]]:
 def fastest(
     candidates: dict[str, Kernel],
     x: torch.Tensor,
-    reps: int = PROBE_REPS,
+    reps: int | None = None,
     evict: Callable[[], object] | None = None,
 ) -> str:
-    """The candidate with the lowest best-of-`reps` time on `x`, timed interleaved after one warm-up each
-    (the best rather than the median: other processes on the machine only ever add time); `evict`, where
-    given, is called before each timed call (so that the call reads its weights from memory)."""
+    """The candidate with the lowest best-of-`reps` time on `x` (default `PROBE_REPS`, `COLD_REPS` with
+    `evict`), timed interleaved after one warm-up each (the best rather than the median: other processes
+    on the machine only ever add time); `evict`, where given, is called before each timed call (so that
+    the call reads its weights from memory)."""
+    reps = reps or (COLD_REPS if evict is not None else PROBE_REPS)
     times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
         for fn in candidates.values():

@@ -409,6 +409,12 @@ def test_a_tokens_products_are_timed_from_memory_and_a_prompts_from_cache(monkey
     events.clear()
     kernels.fastest(candidates, torch.zeros(1, 4), reps=2)
     assert events == ["a", "b"] * 3
+    events.clear()
+    kernels.fastest(candidates, torch.zeros(1, 4), evict=lambda: None)  # cold: more repetitions
+    assert events == ["a", "b"] * (1 + kernels.COLD_REPS)
+    events.clear()
+    kernels.fastest(candidates, torch.zeros(1, 4))
+    assert events == ["a", "b"] * (1 + kernels.PROBE_REPS)
     evicts = []
     monkeypatch.setattr(
         kernels, "fastest", lambda candidates, x, evict=None: evicts.append(evict) or "linear"
