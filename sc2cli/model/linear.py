@@ -272,10 +272,11 @@ def _decode_candidates(
     layer: Callable[[], nn.Linear], available: list[str], weights: list[torch.Tensor] | None = None
 ) -> dict[str, Callable]:
     """`F.linear` and the oneDNN paths `available` names, on the stand-in weight (bf16 decode; fp32), or on
-    each of `weights` in turn, a loaded model's (kernels.py's `cache_sized`): a product read right after another matrix's,
-    as in a pass over the model, runs as it does there. On the AVX2-only EPYC, the stand-in timed alone
-    from memory ranked `F.linear` first for 3072 inputs, where over a whole 3B pass it was the slowest
-    (a token's matrices 0.240 s against 0.217 in blocks of rows and 0.187 with one row at a time there)."""
+    each of `weights` in turn, a loaded model's (kernels.py's `cache_sized`): a product read right after
+    another matrix's, as in a pass over the model, runs as it does there. On the AVX2-only EPYC, the
+    stand-in timed alone from memory ranked `F.linear` first for 3072 inputs, where over a whole 3B pass
+    it was the slowest (a token's matrices 0.240 s against 0.217 in blocks of rows and 0.187 with one row
+    at a time there)."""
     weights = weights or [layer().weight]
     paths = {"linear": F.linear}
     if "onednn" in available:

@@ -202,9 +202,9 @@ class Int4Linear(QuantizedLinear):
     (`INT4_PROMPT_PATHS`): `tinygemm` like single tokens, `dequant` (unpacked into the model's dtype) or
     `dequant-fp32` (into fp32, multiplied in fp32, by `torch.mm` or oneDNN), or `int8` (the rows quantized
     to int8, the weights unpacked into int8: needs `row_scales`, which quantize_int4 makes), all through
-    `scratch`, which the model's int4 layers share, or a native kernel as decode's (`use_prompt_path`). `decode` is the path of fewer rows
-    on a CPU: `tinygemm`, or `vnni` or `avx2` (native_int4.py: sc2's own kernels, the rows rounded to
-    int8 as the `int8` prompt path rounds them; `use_decode_path`)."""
+    `scratch`, which the model's int4 layers share, or a native kernel as decode's (`use_prompt_path`).
+    `decode` is the path of fewer rows on a CPU: `tinygemm`, or `vnni` or `avx2` (native_int4.py: sc2's
+    own kernels, the rows rounded to int8 as the `int8` prompt path rounds them; `use_decode_path`)."""
 
     kind = "int4"
 
