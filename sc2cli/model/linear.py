@@ -165,7 +165,8 @@ def plan_kernels(
     `$SC2_KERNELS`), remembered, or measured on stand-in weights of that shape (kernels.py); models of
     fewer than `PROBE_MIN_BYTES` of `weight_bytes` take unmeasured defaults. Only CPUs have choices. A
     token's products are timed after `evict` (kernels.py's `COLD_ROLES`; default: one buffer for the plan)
-    and, where `weights` gives a loaded model's weights of a shape, over those in turn (`_decode_candidates`)."""
+    and, where `weights` gives a loaded model's weights of a shape, over those in turn
+    (`_decode_candidates`)."""
     if quantize not in QUANTIZATIONS:
         raise InputError(f"unknown quantization {quantize!r}; use {', '.join(QUANTIZATIONS)}")
     forced = parse_forced(kernels)
