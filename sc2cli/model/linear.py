@@ -283,16 +283,12 @@ def _decode_candidates(
     if "onednn" in available:
         paths["onednn"] = onednn.product
     if all(native.bf16_gemv_fits(w) for w in weights):
-        paths |= {path: functools.partial(_bf16_gemv, stream=path == "stream")
+        paths |= {path: functools.partial(native.bf16_gemv, bias=None, stream=path == "stream")
                   for path in ("native", "stream") if path in available}  # fmt: skip
     made = {path: functools.partial(_each, product, weights) for path, product in paths.items()}
     if "packed" in available:  # a copy of each weight: the stand-in's only (`plan_kernels`)
         made["packed"] = functools.partial(_each, onednn.product, [onednn.pack(w) for w in weights])
     return made
-
-
-def _bf16_gemv(x: torch.Tensor, weight: torch.Tensor, stream: bool) -> torch.Tensor:
-    return native.bf16_gemv(x, weight, None, stream)
 
 
 def _each(product: Callable, weights: list[torch.Tensor], x: torch.Tensor) -> None:
