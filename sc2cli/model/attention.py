@@ -291,12 +291,44 @@ def _plan(
 def _candidates(
     tokens: int, n_heads: int, n_kv: int, hd: int, dtype: torch.dtype, available: list[str]
 ) -> dict[str, Callable]:
-    """Each available path on one token over `PROBE_KEYS` keys of a cache laid out as the model's (`tokens`
-    1), or on a prompt of `tokens` tokens with no cache before it."""
+    """Each available path on one token over `PROBE_KEYS` keys (`_token_candidates`), or on a prompt of
+    `tokens` tokens with no cache before it."""
     g = torch.Generator().manual_seed(0)
-    keys = PROBE_KEYS if tokens == 1 else tokens
+    if tokens == 1:
+        return _token_candidates(n_heads, n_kv, hd, dtype, available, g)
     q = torch.randn(1, n_heads, tokens, hd, generator=g).to(dtype)
-    k, v = (torch.randn(1, n_kv, keys, hd, generator=g).to(dtype) for _ in range(2))
-    vis = Visibility(keys - tokens, 0, None, causal=tokens > 1, mask=None)
+    k, v = (torch.randn(1, n_kv, tokens, hd, generator=g).to(dtype) for _ in range(2))
+    vis = Visibility(0, 0, None, causal=True, mask=None)
     functions = {"fused": sdpa_attention, "grouped": grouped_attention, "native": native_attention}
     return {name: lambda _, f=functions[name]: f(q, k, v, vis) for name in available}
+
+
+def _token_candidates(
+    n_heads: int, n_kv: int, hd: int, dtype: torch.dtype, available: list[str], g: torch.Generator
+) -> dict[str, Callable]:
+    """Each path on one token after `PROBE_KEYS` - 1 cached, from its projections on, as a layer runs it
+    (model.py's Attention): the rotary embedding, the cache write and the attention, or for `native`,
+    where it agrees, all three in sc2's one call (`rotate_attend`). Timing the attention alone would miss
+    the operations the one call removes (3B heads, 2 threads: `grouped` won such a probe where `native`
+    won the whole token, 70 against 74 ms)."""
+    from . import native_attention as one_call
+    from .model import rotate  # the model imports this module
+
+    start = PROBE_KEYS - 1
+    q = torch.randn(1, 1, n_heads, hd, generator=g).to(dtype)  # (B, T, H, hd), before the rotary embedding
+    k, v = (torch.randn(1, 1, n_kv, hd, generator=g).to(dtype) for _ in range(2))
+    cos, sin = (torch.randn(1, 1, hd, generator=g).to(dtype) for _ in range(2))  # (T, 1, hd)
+    keys, values = (torch.randn(1, n_kv, PROBE_KEYS, hd, generator=g).to(dtype) for _ in range(2))
+    vis = Visibility(start, 0, None, causal=False, mask=None)
+
+    def separate(attend: AttentionFn) -> torch.Tensor:
+        qr, kr = rotate(q, cos, sin).transpose(1, 2), rotate(k, cos, sin).transpose(1, 2)
+        keys[:, :, start:] = kr
+        values[:, :, start:] = v.transpose(1, 2)
+        return attend(qr, keys, values, vis).transpose(1, 2).reshape(1, 1, -1)  # (B, T, H * hd)
+
+    functions = {"fused": sdpa_attention, "grouped": grouped_attention, "native": native_attention}
+    made = {name: lambda _, f=functions[name]: separate(f) for name in available}
+    if "native" in made and one_call.rotate_attend_works():  # as Starcoder2.set_attention runs it
+        made["native"] = lambda _: one_call.rotate_attend(q, k, v, cos, sin, keys, values, start, None)
+    return made

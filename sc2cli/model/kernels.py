@@ -106,7 +106,7 @@ COLD_ROLES = ("decode", "int8", "int4-decode")
 COLD_REPS = 5
 EVICT_MULTIPLE = 2  # cache sizes read before each timed call of those roles
 CACHE_BYTES_UNKNOWN = 32 << 20
-PROBE_VERSION = 11  # raised when candidates or probe sizes change: earlier choices are measured again
+PROBE_VERSION = 12  # raised when candidates or probe sizes change: earlier choices are measured again
 # Stand-in weights keep at most this many output rows: past a few MB a kernel's speed per byte no
 # longer depends on the row count, and the probe of a 3B model's shapes stays short.
 PROBE_MAX_OUT = 1024

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import sc2cli
-from sc2cli.model import native
+from sc2cli.model import attention, native
 from sc2cli.model import native_attention as one_call
 from sc2cli.model.attention import (
     FEW_ROWS,
+    PROBE_KEYS,
     Visibility,
     attention_function,
     first_visible_key,
@@ -164,6 +165,32 @@ def test_the_plan_offers_the_kernel_only_where_it_runs_and_is_wanted(monkeypatch
     monkeypatch.setattr(native, "attention_one_works", lambda: pytest.fail("compiled for a tiny model"))
     other = heads_config(96, 3, 1)  # not remembered from above
     assert plan_single_query(other, "sdpa", cpu, bf16, measure=False) == "fused"
+
+
+def test_the_token_probe_times_what_a_layer_runs(monkeypatch):
+    """Each one-token candidate runs a layer's work from the projections on: the rotary embedding, the
+    cache write and the attention, or sc2's one call for `native` where it agrees, and all give the same
+    token."""
+    import sc2cli.model.model as model_module
+
+    rotated, one = [], []
+    rotate, rotate_attend = model_module.rotate, one_call.rotate_attend
+    monkeypatch.setattr(model_module, "rotate", lambda *a: rotated.append(1) or rotate(*a))
+    monkeypatch.setattr(one_call, "rotate_attend", lambda *a: one.append(a[7]) or rotate_attend(*a))
+    available = ["fused", "grouped"] + (["native"] if native.attention_one_works() else [])
+    made = attention._candidates(1, 4, 2, 64, torch.bfloat16, available)
+    assert sorted(made) == sorted(available)
+    outs = {}
+    for name, run in made.items():  # the separate paths first: the one call's cache write is not theirs
+        rotated.clear(), one.clear()
+        outs[name] = run(None).float()  # (1, 1, H * hd)
+        if name == "native" and one_call.rotate_attend_works():
+            assert one == [PROBE_KEYS - 1] and not rotated
+        else:
+            assert len(rotated) == 2 and not one
+    for name, out in outs.items():
+        assert out.shape == (1, 1, 4 * 64)
+        assert torch.allclose(out, outs["fused"], atol=2e-2), name
 
 
 @pytest.fixture(scope="module")
