@@ -40,6 +40,7 @@ from ..model.linear import (
     weights_of,
 )
 from ..model.model import Starcoder2
+from ..model.native_table import gelu_table, gelu_tanh
 from ..model.quant import INT4_GROUP, INT4_MULTIPLIER_MAX, int4_layout
 from ..model.rows import model_row_costs
 from .layout import checkpoint_files, read_config
@@ -253,14 +254,19 @@ def load_checkpoint(
 def choose_run_paths(model: Starcoder2, backend: str, kernels: str | None = None) -> str:
     """What is measured on the model as loaded, its weights in place (before them, the probes' freed
     buffers raised glibc's mmap threshold, and freed weights' pages then stayed: +50% peak memory while
-    loading): one token's attention path and a prompt's, and the cost curve that sizes speculative drafts. Returns a note
+    loading): one token's attention path and a prompt's, the MLP's activation (by table where that gives
+    F.gelu's bits; not for models too small to measure, which compile nothing), and the cost curve that
+    sizes speculative drafts. Returns a note
     for the kernels' description."""
     config, device, dtype = model.config, model.device, model.dtype
     measure = config.weight_bytes(dtype.itemsize) >= PROBE_MIN_BYTES
     one = plan_single_query(config, backend, device, dtype, kernels, measure)
     model.set_attention(backend, one, plan_prompt_attention(config, backend, device, dtype, kernels, measure))
+    table = gelu_table() if measure and device.type == "cpu" and dtype == torch.bfloat16 else None
+    model.set_activation(table or gelu_tanh)
     model.row_costs = model_row_costs(model, functools.partial(Choices, fresh=measure_again(kernels)))
     notes = [f"one-token attention {one}"] if one != "fused" else []
+    notes += ["GELU by table"] if table is not None else []
     notes += [f"prompt attention {model.prompt_attention}"] if model.prompt_attention != "fused" else []
     return "".join(f"; {note}" for note in notes)
 

@@ -11,12 +11,12 @@ Shapes: B batch, T new tokens, S keys, H query heads, n_kv key/value heads, hd h
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import native_attention
 from .attention import FEW_ROWS, AttentionFn, Visibility, attention_function, first_visible_key, visibility
 from .config import ModelConfig
+from .native_table import Activation, gelu_tanh
 
 
 class KVCache:
@@ -139,9 +139,10 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.act: Activation = gelu_tanh  # F.gelu's tanh form, or its bits by table (`set_activation`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -204,6 +205,11 @@ class Starcoder2(nn.Module):
         for block in self.model.layers:
             block.self_attn.attend = attention_function(attn, single_query, prompt)
             block.self_attn.one_call = one_call
+
+    def set_activation(self, act: Activation) -> None:
+        """Every MLP's activation: `gelu_tanh`, or a function giving its bits (native_table.py)."""
+        for block in self.model.layers:
+            block.mlp.act = act
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

@@ -91,6 +91,11 @@ LIBRARIES = {
         ("avx2", "fma"),
         *ATTENTION_FUNCTIONS,
     ),
+    "bf16_table": (  # any CPU (native_table.py)
+        (),
+        (),
+        ("bf16_lookup", _int, [_pointer, ctypes.c_long, _pointer, _pointer, _int]),
+    ),
 }  # fmt: skip
 FLAGS = ("-O3", "-fopenmp")  # and each library's own
 HEADERS = (
