@@ -70,7 +70,9 @@ def find_end(text: str, rules: Rules) -> End | None:
         block_end = _end_of_block(text, rules.indent)
         if block_end is not None:
             ends.append(End(block_end, "postprocess"))
-    return min(ends, key=lambda e: e.index) if ends else None
+    # at one index, the rules' end wins: a stop string there begins with the newline or line that decides
+    # the rules' end, so text in pieces meets the rules' end first, and the reason must not depend on that
+    return min(ends, key=lambda e: (e.index, e.reason == "stop")) if ends else None
 
 
 def _finishes_statement(before: str, added: str) -> bool:

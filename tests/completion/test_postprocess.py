@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sc2cli.completion.postprocess import Finisher, rules_for
@@ -168,6 +168,7 @@ code_text = st.lists(st.sampled_from([*"ab(){}:; \t\n#x=", "\n    ", "return"]),
     cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=8),
     stop=st.sampled_from([(), ("x=",), ("\n\n",)]),
 )
+@example(prefix="", suffix=")\n", generated="\n\n    ", cuts=[1], stop=("\n\n",))  # a stop at the line's end
 def test_any_split_of_the_stream_shows_the_same_completion(prefix, suffix, generated, cuts, stop):
     """Whatever the token boundaries, the text shown while streaming is exactly the final completion."""
     bounds = sorted({0, len(generated), *(c for c in cuts if c <= len(generated))})
