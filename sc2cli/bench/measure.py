@@ -26,13 +26,23 @@ def median_time(fn: Callable[[], Any], runs: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def memory_bandwidth(size_mb: int = 512) -> dict[str, float]:
-    """Copy (read + write) and read bandwidth of main memory, in GB/s, on buffers far larger than caches."""
-    a = torch.ones(size_mb << 18, dtype=torch.float32)  # size_mb MiB
+def memory_bandwidth(device: torch.device | None = None, size_mb: int = 512) -> dict[str, float]:
+    """Copy (read + write) and read bandwidth of `device`'s memory (the CPU's main memory by default), in
+    GB/s, on buffers far larger than caches."""
+    device = device or torch.device("cpu")
+    a = torch.ones(size_mb << 18, dtype=torch.float32, device=device)  # size_mb MiB
     b = torch.empty_like(a)
-    copy = median_time(lambda: b.copy_(a), 5)
-    read = median_time(lambda: a.sum(), 5)
+    wait = waiter(device)
+    copy = median_time(lambda: (b.copy_(a), wait()), 5)
+    read = median_time(lambda: (a.sum(), wait()), 5)
     return {"copy_gbps": round(2 * a.nbytes / copy / 1e9, 1), "read_gbps": round(a.nbytes / read / 1e9, 1)}
+
+
+def waiter(device: torch.device) -> Callable[[], None]:
+    """What waits for `device`'s queued work before a time is taken: a GPU runs it after the call returns."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def peak_rss_bytes() -> int:

@@ -53,6 +53,7 @@ from .measure import (
     random_ids,
     theirs_generate,
     theirs_prefill,
+    waiter,
 )
 from .models import (
     REFERENCES,
@@ -140,8 +141,9 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda m: None
     report = Report()
     label = options.model or f"random {options.shape}"
     options, llama = _find_llama(options, report, log)  # before anything runs: a wrong path fails at once
-    report.machine = {**memory_bandwidth(), "threads": torch.get_num_threads()}
-    log(f"memory: {report.machine['copy_gbps']} GB/s copy, {report.machine['read_gbps']} GB/s read")
+    report.machine = {**memory_bandwidth(device), "threads": torch.get_num_threads()}
+    where = "memory" if device.type == "cpu" else f"{device} memory"  # the weights' own memory
+    log(f"{where}: {report.machine['copy_gbps']} GB/s copy, {report.machine['read_gbps']} GB/s read")
     model, folder, load_s = _build(options, device, report, log)
     if (
         options.model is not None
@@ -325,12 +327,14 @@ def _bench_decode(options: BenchOptions, model, twin, rival: LlamaBench | None, 
 def _bench_compile(options: BenchOptions, model, report: Report, log) -> None:
     """torch.compile of the decode step, against eager, on the same cache."""
     ids = random_ids(64, model.config.vocab_size, options.seed)
+    device, wait = model.device, waiter(model.device)  # a GPU's steps are queued: timed once done
     compiled = torch.compile(model, dynamic=True)
     start = time.perf_counter()
     cache = model.new_cache(len(ids) + options.decode_tokens + 8)
     with torch.inference_mode():
-        model(torch.tensor([ids]), cache)
-        compiled(torch.tensor([[ids[-1]]]), cache)
+        model(torch.tensor([ids], device=device), cache)
+        compiled(torch.tensor([[ids[-1]]], device=device), cache)
+    wait()
     report.add("compile_s", "sc2-compiled", round(time.perf_counter() - start, 1))
 
     def steps(forward) -> Callable[[], None]:
@@ -338,7 +342,8 @@ def _bench_compile(options: BenchOptions, model, report: Report, log) -> None:
             cache.truncate(len(ids))
             with torch.inference_mode():
                 for t in range(options.decode_tokens):
-                    forward(torch.tensor([[ids[t % len(ids)]]]), cache)
+                    forward(torch.tensor([[ids[t % len(ids)]]], device=device), cache)
+            wait()
 
         return run
 

@@ -93,7 +93,7 @@ def folder(tmp_path_factory):
 @pytest.fixture
 def quick(monkeypatch):
     """The bench without its memory-bandwidth measurement (half a gigabyte copied ten times)."""
-    monkeypatch.setattr(run, "memory_bandwidth", lambda: {"copy_gbps": 1.0, "read_gbps": 1.0})
+    monkeypatch.setattr(run, "memory_bandwidth", lambda device=None: {"copy_gbps": 1.0, "read_gbps": 1.0})
 
 
 # ------------------------------------------------------------------------------------------------ finding

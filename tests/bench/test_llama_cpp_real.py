@@ -114,7 +114,7 @@ def test_llama_cpp_picks_sc2s_greedy_tokens(server):
 def test_bench_measures_the_real_llama_bench(monkeypatch):
     from sc2cli.bench import run
 
-    monkeypatch.setattr(run, "memory_bandwidth", lambda: {"copy_gbps": 1.0, "read_gbps": 1.0})
+    monkeypatch.setattr(run, "memory_bandwidth", lambda device=None: {"copy_gbps": 1.0, "read_gbps": 1.0})
     options = BenchOptions(model="tiny", prompt_lengths=(32,), decode_tokens=8, runs=1, llama_cpp=BUILD)
     report = run_bench(options).to_json()
     assert report["notes"] == []

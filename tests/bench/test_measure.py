@@ -3,8 +3,9 @@
 import itertools
 
 import pytest
+import torch
 
-from sc2cli.bench.measure import interleaved, paired_ratio
+from sc2cli.bench.measure import interleaved, memory_bandwidth, paired_ratio, waiter
 from sc2cli.bench.run import Report
 
 
@@ -35,3 +36,14 @@ def test_figures_from_separate_runs_fall_back_to_the_ratio_of_the_figures():
     report.add("decode_overlap_tok_s", "sc2", 30.0)
     report.add("decode_overlap_tok_s", "llama.cpp Q4_K_M", 60.0)
     assert report.ratios() == {"decode_overlap_tok_s": {"sc2 / llama.cpp Q4_K_M": 0.5}}
+
+
+def test_memory_bandwidth_is_measured_on_the_device_and_waits_for_a_gpu(monkeypatch):
+    figures = memory_bandwidth(torch.device("cpu"), size_mb=8)
+    assert set(figures) == {"copy_gbps", "read_gbps"} and all(v > 0 for v in figures.values())
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    waiter(torch.device("cuda:1"))()
+    assert waited == [torch.device("cuda:1")]
+    waiter(torch.device("cpu"))()
+    assert len(waited) == 1  # nothing to wait for on the CPU
