@@ -256,8 +256,7 @@ def choose_run_paths(model: Starcoder2, backend: str, kernels: str | None = None
     buffers raised glibc's mmap threshold, and freed weights' pages then stayed: +50% peak memory while
     loading): one token's attention path and a prompt's, the MLP's activation (by table where that gives
     F.gelu's bits; not for models too small to measure, which compile nothing), and the cost curve that
-    sizes speculative drafts. Returns a note
-    for the kernels' description."""
+    sizes speculative drafts. Returns a note for the kernels' description."""
     config, device, dtype = model.config, model.device, model.dtype
     measure = config.weight_bytes(dtype.itemsize) >= PROBE_MIN_BYTES
     one = plan_single_query(config, backend, device, dtype, kernels, measure)
