@@ -183,6 +183,14 @@ def native_attention(
     return torch.cat(parts, dim=2)
 
 
+# The CPU's paths the probes time (`_plan`), by name: `fused` is sdpa's kernel, the only backend with a choice.
+ATTENTION_PATHS: dict[str, AttentionFn] = {
+    "fused": sdpa_attention,
+    "grouped": grouped_attention,
+    "native": native_attention,
+}
+
+
 def attention_function(backend: str, single_query: str = "fused", prompt: str = "fused") -> AttentionFn:
     """The backend's function, but calls of up to `FEW_ROWS` new tokens (decode and its drafts) take each
     row as a call of its own, over the keys that token alone would be given (a kernel's rows differ with the
@@ -299,8 +307,7 @@ def _candidates(
     q = torch.randn(1, n_heads, tokens, hd, generator=g).to(dtype)
     k, v = (torch.randn(1, n_kv, tokens, hd, generator=g).to(dtype) for _ in range(2))
     vis = Visibility(0, 0, None, causal=True, mask=None)
-    functions = {"fused": sdpa_attention, "grouped": grouped_attention, "native": native_attention}
-    return {name: lambda _, f=functions[name]: f(q, k, v, vis) for name in available}
+    return {name: lambda _, f=ATTENTION_PATHS[name]: f(q, k, v, vis) for name in available}
 
 
 def _token_candidates(
@@ -327,8 +334,7 @@ def _token_candidates(
         values[:, :, start:] = v.transpose(1, 2)
         return attend(qr, keys, values, vis).transpose(1, 2).reshape(1, 1, -1)  # (B, T, H * hd)
 
-    functions = {"fused": sdpa_attention, "grouped": grouped_attention, "native": native_attention}
-    made = {name: lambda _, f=functions[name]: separate(f) for name in available}
+    made = {name: lambda _, f=ATTENTION_PATHS[name]: separate(f) for name in available}
     if "native" in made and one_call.rotate_attend_works():  # as Starcoder2.set_attention runs it
         made["native"] = lambda _: one_call.rotate_attend(q, k, v, cos, sin, keys, values, start, None)
     return made

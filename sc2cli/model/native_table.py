@@ -28,37 +28,45 @@ def gelu_table() -> Activation | None:
     table's library does not run here or its lookup does not give `gelu_tanh`'s bits."""
     if not _built("bf16_table") or not _gelu_agrees():
         return None
-    lookup, table = _library("bf16_table").bf16_lookup, _table(gelu_tanh)
+    table = _table(gelu_tanh)
 
     def gelu(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous():
             return gelu_tanh(x)
-        out = torch.empty_like(x)
-        lookup(x.data_ptr(), x.numel(), table.data_ptr(), out.data_ptr(), torch.get_num_threads())
-        return out
+        return _looked_up(x, table)
 
     return gelu
+
+
+def _looked_up(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """`table` read at each of contiguous bf16 `x`'s bit patterns."""
+    out = torch.empty_like(x)
+    _library("bf16_table").bf16_lookup(
+        x.data_ptr(), x.numel(), table.data_ptr(), out.data_ptr(), torch.get_num_threads()
+    )
+    return out
+
+
+def _every_value() -> torch.Tensor:
+    """Every bf16 bit pattern, each at its own index: (65536,) bf16."""
+    return torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
 
 
 @functools.cache
 def _table(function: Activation) -> torch.Tensor:
     """`function` of every bf16 bit pattern, indexed by the pattern: (65536,) bf16."""
     with torch.inference_mode(False):  # made once, kept for calls in and outside inference mode
-        patterns = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
-        return function(patterns).contiguous()
+        return function(_every_value()).contiguous()
 
 
 @functools.cache
 def _gelu_agrees() -> bool:
     """The lookup against F.gelu, bit for bit: on every bf16 value, and on a 3B MLP's activations for a
     few rows (PyTorch splits those across threads in its own way)."""
-    everything = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
     rows = (torch.randn(5, 12288, generator=generator) * 4).to(torch.bfloat16)
-    lookup, table = _library("bf16_table").bf16_lookup, _table(gelu_tanh)
-    for x in (everything, rows):
-        out = torch.empty_like(x)
-        lookup(x.data_ptr(), x.numel(), table.data_ptr(), out.data_ptr(), torch.get_num_threads())
-        if not torch.equal(out.view(torch.int16), gelu_tanh(x).view(torch.int16)):
-            return False
-    return True
+    table = _table(gelu_tanh)
+    return all(
+        torch.equal(_looked_up(x, table).view(torch.int16), gelu_tanh(x).view(torch.int16))
+        for x in (_every_value(), rows)
+    )
