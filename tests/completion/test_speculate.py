@@ -99,6 +99,33 @@ def test_the_drafter_learns_a_rate_per_match_length_and_stops_drafting_when_it_d
     assert len(drafter.draft(8)) > len(first)
 
 
+def test_a_match_not_drafted_from_still_counts_its_guess():
+    steep = (1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+
+    def distrusted() -> Drafter:
+        drafter = Drafter([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2], Speculation(), steep)
+        drafter.draft(8)
+        for _ in range(4):
+            drafter.accept([9], 0)
+        assert drafter.draft(8) == [] and drafter.guess == (3, 3)  # too little trust to draft: a guess
+        return drafter
+
+    wrong = distrusted()
+    low = wrong.rate(3)
+    wrong.push([9])
+    assert wrong.rate(3) < low and wrong.guess is None
+    # the text goes on as the 3-token matches predict, with no draft to test them: their guesses alone
+    # bring the rate back until drafting pays again
+    drafter, rates = distrusted(), []
+    for _ in range(12):
+        if drafted := drafter.draft(8):
+            break
+        rates.append(drafter.rate(3))
+        drafter.push([drafter.guess[1]])
+    assert drafted and drafter.last_size == 3 and rates[0] == low and rates == sorted(set(rates))
+    assert drafter.speculation.drafted == 4  # guesses are evidence, not drafts
+
+
 # ------------------------------------------------------------------------------------------------ sampling rule
 
 
