@@ -7,6 +7,7 @@ The same `CompletionRequest` and the same events (events.py: `Token` for each pi
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from ..errors import Sc2Error
@@ -16,8 +17,10 @@ from .events import Event, Usage
 from .generate import NonFiniteLogits, PromptCache, Step, common_prefix, generate
 from .prompt import Prompt
 from .request import CompletionRequest, prompt_for
-from .speculate import Speculation
+from .speculate import AGREEMENT, Recall, Speculation
 from .tokenizer import Tokenizer
+
+RECALLED_REPOS = 8  # repositories whose completions a warm server keeps to draft from; least recent goes
 
 
 class Engine:
@@ -41,6 +44,8 @@ class Engine:
         self.limit = model.config.max_position_embeddings
         self.cache_slots = cache_slots  # prompt caches kept between requests (a warm server); 0: none
         self._caches: list[PromptCache] = []  # most recently used first
+        # a warm server's recent completions per repository (as its editor chunks are kept), drafted from
+        self._recalls: OrderedDict[str | None, Recall] = OrderedDict()
 
     def _cache_for(self, ids: tuple[int, ...], max_tokens: int) -> PromptCache:
         """The kept cache sharing the longest prefix with `ids` (a fresh one if none shares any and a slot
@@ -55,6 +60,16 @@ class Engine:
             cache = self._caches.pop(best if shared[best] else -1)
         self._caches = [cache, *self._caches][: self.cache_slots]
         return cache
+
+    def _recall_for(self, repo: str | None) -> Recall | None:
+        """The completions remembered for `repo`; None without cache slots (one request per engine)."""
+        if not self.cache_slots:
+            return None
+        recall = self._recalls.pop(repo, None) or Recall()
+        self._recalls[repo] = recall
+        while len(self._recalls) > RECALLED_REPOS:
+            self._recalls.popitem(last=False)
+        return recall
 
     def describe(self) -> dict[str, object]:
         """What runs here, for a server's info and its clients' choice of server."""
@@ -86,14 +101,17 @@ class Engine:
         started = time.perf_counter()
         first_token_at = None
         speculation = Speculation() if request.speculate else None
+        recall = self._recall_for(request.repo)
         steps = generate(
             self.model, prompt.ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
             stop_ids=self.tokenizer.stop_ids, cache=cache, cancelled=cancelled, forced=prompt.heal,
-            token_bytes=self.tokenizer.token_bytes, speculation=speculation,
+            token_bytes=self.tokenizer.token_bytes, speculation=speculation, recall=recall,
         )  # fmt: skip
+        generated: list[int] = []  # every token the model chose, kept or not by the assembly
         try:
             for step in self._checked(steps):
                 first_token_at = first_token_at or time.perf_counter()
+                generated.append(step.token)
                 event = assembly.push(step.token, step.logprob)
                 if event:
                     yield event
@@ -101,6 +119,8 @@ class Engine:
                     break
         finally:
             steps.close()
+            if recall is not None:
+                recall.add([*prompt.ids[-AGREEMENT:], *generated])
         stopped = cancelled is not None and not assembly.done and cancelled()
         ended = time.perf_counter()
         event = assembly.close(stopped)

@@ -16,7 +16,7 @@ import torch
 from ..errors import InputError, Sc2Error
 from ..model.model import KVCache, Starcoder2
 from .sampling import Sampling
-from .speculate import Drafter, Speculation, accept_or_resample
+from .speculate import Drafter, Recall, Speculation, accept_or_resample
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the attention scores' memory
 
@@ -194,6 +194,7 @@ def generate(
     forced: bytes = b"",
     token_bytes: Sequence[bytes] = (),
     speculation: Speculation | None = None,
+    recall: Recall | None = None,
 ) -> Iterator[Step]:
     """Yield up to `max_new_tokens` new tokens after `prompt`, stopping before any of `stop_ids`, or as
     soon as `cancelled()` turns true (checked between prefill chunks and between forward passes). The first
@@ -204,7 +205,8 @@ def generate(
     With `speculation`, each forward pass also verifies a draft copied from earlier in the text
     (speculate.py) and yields every draft token the model keeps; the tokens are the same as without it
     (greedy), or drawn from the same distribution (sampling). `speculation` counts the drafted and
-    accepted tokens. The cache ends holding the prompt and the tokens yielded (the last one possibly not).
+    accepted tokens; `recall` adds earlier requests' completions to draft from. The cache ends holding
+    the prompt and the tokens yielded (the last one possibly not).
     Logits with NaN or Inf raise NonFiniteLogits: greedy checks the chosen token's logprob (free), sampling
     checks the whole step (~0.3 ms on CPU at 49,152 tokens, less than its own softmax and sort)."""
     if not prompt:
@@ -223,7 +225,7 @@ def generate(
     known = len(token_bytes) or None  # logits past the tokenizer's ids are left out: [..., :known]
     logits = prefill(model, prompt[reused:], cache, cancelled=cancelled)
     logits = None if logits is None else logits[:known]
-    drafter = Drafter(prompt, speculation, model.row_costs) if speculation is not None else None
+    drafter = Drafter(prompt, speculation, model.row_costs, recall) if speculation is not None else None
     token = None  # the next token when a rejected draft's verification already picked it
     produced = 0
     while produced < max_new_tokens:

@@ -4,7 +4,9 @@ so far earlier in it, and the rule that keeps or rejects a guess without changin
 Code completion repeats its surroundings: the suffix often holds the line being written, edits copy
 neighbouring code, and context files define what the completion calls. `Drafter` indexes the prompt once
 per request (every n-gram, mapped to where it was last followed) and each accepted token after it, so a
-draft costs a dictionary lookup. generate.py verifies a draft in the forward pass that decodes the next
+draft costs a dictionary lookup. A warm server also remembers its recent completions (`Recall`): an editor
+asks again after a few typed characters, or for the same cursor, and the answer repeats what the model
+said before, which no prompt holds. generate.py verifies a draft in the forward pass that decodes the next
 token anyway: while decode is bound by reading the weights, k+1 positions cost about as much as one.
 """
 
@@ -26,6 +28,11 @@ PRIOR = (1.2, 0.8)
 # what a verification adds outside the matrices (measured: with drafts that barely paid on paper, int4
 # decoding ran 5% slower where nothing repeats).
 MARGIN = 1.1
+# How many tokens before a match's position are compared with the text's end when the prompt and the
+# recalled completions both hold the match: the source agreeing longer drafts.
+AGREEMENT = 16
+RECALL_TOKENS = 8192  # remembered per Recall at most (a completion and its prompt's last AGREEMENT tokens)
+SEPARATOR = -1  # between recalled sequences: no token's id, so no match spans two of them
 
 
 @dataclass
@@ -55,15 +62,67 @@ def draft_length(rate: float, costs: tuple[float, ...] | None, limit: int) -> in
     return best
 
 
+class Recall:
+    """Token sequences from earlier requests (each a completion after its prompt's last tokens), apart,
+    indexed as a Drafter indexes its own text: an n-gram maps to the position after its latest occurrence.
+    Past RECALL_TOKENS the older half is forgotten."""
+
+    def __init__(self, sizes: tuple[int, ...] = NGRAM_SIZES, budget: int = RECALL_TOKENS) -> None:
+        self.sizes = sizes
+        self.budget = budget
+        self.ids: list[int] = []
+        self.follows: dict[tuple[int, ...], int] = {}
+        self._starts: list[int] = []  # where each sequence begins in `ids`
+
+    def add(self, tokens: Sequence[int]) -> None:
+        tokens = list(tokens)[-self.budget + 1 :]
+        if len(tokens) < 2:
+            return
+        if len(self.ids) + len(tokens) + 1 > self.budget:
+            self._forget(len(self.ids) + len(tokens) + 1 - self.budget)
+        begin = len(self.ids)
+        self._starts.append(begin)
+        self.ids += [*tokens, SEPARATOR]
+        for end in range(begin + 1, len(self.ids) - 1):
+            for n in self.sizes:
+                if end - n >= begin:
+                    self.follows[tuple(self.ids[end - n : end])] = end
+
+    def _forget(self, needed: int) -> None:
+        """Drop the oldest sequences, at least `needed` tokens and half of what is held, then index the
+        rest again (so forgetting costs O(1) a token over time)."""
+        keep = [i for i in self._starts if i >= max(needed, len(self.ids) // 2)]
+        old = self.ids[keep[0] : -1] if keep else []
+        self.ids, self.follows, self._starts = [], {}, []
+        for sequence in _split(old):
+            self.add(sequence)
+
+
+def _split(ids: list[int]) -> list[list[int]]:
+    out: list[list[int]] = [[]]
+    for token in ids:
+        if token == SEPARATOR:
+            out.append([])
+        else:
+            out[-1].append(token)
+    return out
+
+
 class Drafter:
     """The sequence so far (prompt, then generated tokens) and, for every n-gram of it, the position right
     after its latest occurrence that has a known continuation. `costs[i]`: what the model's forward over i+1
-    rows costs against one (model/rows.py; None: as cheap as one), which sizes each draft."""
+    rows costs against one (model/rows.py; None: as cheap as one), which sizes each draft. `recall`: earlier
+    requests' completions to draft from as well (read only)."""
 
     def __init__(
-        self, ids: Sequence[int], speculation: Speculation, costs: tuple[float, ...] | None = None
+        self,
+        ids: Sequence[int],
+        speculation: Speculation,
+        costs: tuple[float, ...] | None = None,
+        recall: Recall | None = None,
     ) -> None:
         self.ids = list(ids)
+        self.recall = recall
         self.speculation = speculation
         self.sizes = speculation.sizes
         self.max_draft = speculation.max_draft
@@ -115,24 +174,44 @@ class Drafter:
     def draft(self, limit: int) -> list[int]:
         """Up to `limit` (and `max_draft`) tokens that followed the longest match of the sequence's end, as
         many as pay for their verification (`draft_length`); empty when nothing matches or none would pay
-        (then the match's guess is kept as evidence)."""
+        (then the match's guess is kept as evidence). A match in the recalled completions is copied from
+        there when the text before it agrees with the sequence's end for longer than before the match here
+        (or there is none here)."""
         self.guess = None
         for n in self.sizes:
-            start = self.follows.get(tuple(self.ids[-n:])) if len(self.ids) >= n else None
+            if len(self.ids) < n:
+                continue
+            key = tuple(self.ids[-n:])
+            source, start = self.ids, self.follows.get(key)
+            recalled = self.recall.follows.get(key) if self.recall is not None else None
+            if recalled is not None and (
+                start is None or self._agreement(self.recall.ids, recalled) > self._agreement(self.ids, start)
+            ):
+                source, start = self.recall.ids, recalled
             if start is not None:
                 length = draft_length(self.rate(n), self.costs, min(limit, self.max_draft))
                 self.last_size = n
                 if not length:
-                    self.guess = (n, self.ids[start])
-                return self._copy(start, length) if length else []
+                    self.guess = (n, source[start])
+                return self._copy(source, start, length) if length else []
         return []
 
-    def _copy(self, start: int, limit: int) -> list[int]:
-        """`limit` tokens from `start` on; where they run past the end, the copy goes on copying itself,
-        so a repeating pattern drafts whole periods (LZ77's overlapping copy)."""
-        out = self.ids[start : start + limit]
+    def _agreement(self, source: list[int], start: int) -> int:
+        """How many tokens before `start` in `source` equal the sequence's last ones (AGREEMENT at most)."""
+        m = 0
+        while m < min(AGREEMENT, start) and source[start - 1 - m] == self.ids[-1 - m]:
+            m += 1
+        return m
+
+    def _copy(self, source: list[int], start: int, limit: int) -> list[int]:
+        """`limit` tokens from `start` on in `source`, up to a recalled sequence's end; where they run past
+        the sequence's own end, the copy goes on copying itself, so a repeating pattern drafts whole periods
+        (LZ77's overlapping copy)."""
+        out = source[start : start + limit]
+        if SEPARATOR in out:
+            return out[: out.index(SEPARATOR)]
         while len(out) < limit:
-            out.append(out[len(out) - (len(self.ids) - start)])
+            out.append(out[len(out) - (len(source) - start)])
         return out
 
 

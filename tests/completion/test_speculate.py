@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 import sc2cli
 from sc2cli.completion.generate import PromptCache, generate, healing_mask, prefill
 from sc2cli.completion.sampling import Sampling
-from sc2cli.completion.speculate import MARGIN, Drafter, Speculation, accept_or_resample, draft_length
+from sc2cli.completion.speculate import (
+    MARGIN,
+    SEPARATOR,
+    Drafter,
+    Recall,
+    Speculation,
+    accept_or_resample,
+    draft_length,
+)
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 
@@ -51,6 +59,66 @@ def test_accepting_counts_and_goes_on_after_the_kept_tokens():
     drafter.accept([3, 8, 1], 2)
     assert (speculation.drafted, speculation.accepted) == (3, 2)
     assert drafter.ids[-2:] == [3, 8]
+
+
+def test_a_recalled_completion_drafts_where_the_text_has_no_match():
+    recall = Recall()
+    recall.add([7, 1, 2, 3, 4, 5, 6])
+    recall.add([8, 9])
+    drafter = Drafter([20, 1, 2, 3], Speculation(max_draft=6), recall=recall)
+    assert drafter.draft(2) == [4, 5]
+    assert drafter.draft(6) == [4, 5, 6]  # a recalled completion ends where it ended: no copy of itself
+    drafter.push([4, 5, 6])
+    assert drafter.draft(6) == []  # "6" is followed by nothing, "6 9"... never joined across sequences
+    assert (6, 8) not in recall.follows and (6,) not in recall.follows
+    assert Drafter([20, 1, 2, 3], Speculation(max_draft=6)).draft(6) == []
+
+
+def test_the_source_whose_text_before_the_match_agrees_longer_drafts():
+    recall = Recall()
+    recall.add([5, 6, 1, 2, 3, 40, 41])  # "5 6 1 2 3": agrees with the text's end for 5 tokens
+    agreeing_here = Drafter(
+        [5, 6, 1, 2, 3, 30, 31, 9, 5, 6, 1, 2, 3], Speculation(max_draft=2), recall=recall
+    )
+    assert agreeing_here.draft(2) == [30, 31]  # 5 agreeing tokens here too: a tie keeps the text's own
+    agreeing_there = Drafter([0, 1, 2, 3, 30, 31, 9, 5, 6, 1, 2, 3], Speculation(max_draft=2), recall=recall)
+    assert agreeing_there.draft(2) == [40, 41]
+
+
+def test_recall_keeps_its_newest_sequences_within_its_budget():
+    recall = Recall(budget=40)
+    for i in range(30):
+        recall.add([100 + i, 200 + i, 300 + i, 400 + i])
+        assert len(recall.ids) <= 40 and recall.ids[-1] == SEPARATOR
+        assert recall.follows[(100 + i, 200 + i, 300 + i)] == len(recall.ids) - 2  # the newest: drafted
+    assert (100, 200, 300) not in recall.follows  # the oldest: forgotten
+    for key, end in recall.follows.items():
+        assert recall.ids[end - len(key) : end] == list(key) and SEPARATOR not in key
+        assert recall.ids[end] != SEPARATOR
+    recall.add(list(range(1000, 1100)))  # longer than the budget: its last tokens stay
+    assert recall.ids == [*range(1061, 1100), SEPARATOR]
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 5), max_size=12), max_size=5),
+    st.lists(st.integers(0, 5), min_size=1, max_size=30),
+    st.integers(1, 8),
+)
+def test_every_draft_is_what_followed_a_match_in_one_source(recalled, ids, limit):
+    recall = Recall(budget=32)
+    for sequence in recalled:
+        recall.add(sequence)
+    drafter = Drafter(ids, Speculation(max_draft=8), recall=recall)
+    draft = drafter.draft(limit)
+    assert len(draft) <= limit and SEPARATOR not in draft
+    if not draft:
+        return
+    n = drafter.last_size
+    extended = ids + draft  # a copy of the text (possibly of itself, overlapping)
+    here = any(extended[i : i + n + len(draft)] == ids[-n:] + draft for i in range(len(ids) - n))
+    kept = recall.ids
+    there = any(kept[i : i + n + len(draft)] == ids[-n:] + draft for i in range(len(kept)))
+    assert here or there
 
 
 def test_draft_length_weighs_expected_tokens_against_the_cost_of_rows():
@@ -333,3 +401,26 @@ def test_the_warm_caches_hold_the_kept_tokens_for_the_next_request(engine):
             assert warm.tokens == list(cold.stream(r))[-1].tokens
         for cache in engine._caches:
             assert cache.kv.length == len(cache.tokens)
+
+
+def test_a_warm_engine_drafts_from_its_earlier_completions_in_the_same_repository(engine):
+    import dataclasses
+
+    from sc2cli.completion.engine import Engine
+    from sc2cli.completion.request import CompletionRequest
+
+    warm = Engine(engine.model, engine.tokenizer, name="tiny", default_budget=2048, cache_slots=2)
+    cold = Engine(engine.model, engine.tokenizer, name="tiny", default_budget=2048)  # the CLI's: no recall
+    request = CompletionRequest(
+        "# notes on the weather\nx = ", "", path="w.py", repo="a", max_tokens=24, raw=True
+    )
+    first, again = (list(warm.stream(request))[-1] for _ in range(2))
+    alone = [list(cold.stream(request))[-1] for _ in range(2)]
+    assert first.tokens == again.tokens == alone[0].tokens and len(first.tokens) > 8
+    assert alone[0].timings.drafted_tokens == alone[1].timings.drafted_tokens  # nothing remembered
+    t = again.timings
+    assert t.accepted_tokens == t.drafted_tokens >= len(first.tokens) // 2  # it said this before
+    assert t.accepted_tokens > alone[1].timings.accepted_tokens
+    elsewhere = dataclasses.replace(request, repo="b")
+    drafted = [list(e.stream(elsewhere))[-1].timings.drafted_tokens for e in (warm, cold)]
+    assert drafted[0] == drafted[1]  # another repository's completions are not drafted from
