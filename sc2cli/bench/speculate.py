@@ -1,5 +1,6 @@
 """Speculative decoding's workloads for `sc2 bench --speculate`: completions whose answer overlaps the code
-around them, and completions with nothing to copy, each decoded with and without drafts, interleaved.
+around them, completions with nothing to copy, and the overlap's completions asked again of a warm server
+(which remembers what it answered: speculate.Recall), each decoded with and without drafts, interleaved.
 
 Greedy decoding makes both runs produce the same tokens, so the ratio of their decode rates is the speed-up
 (or, with nothing to copy, the cost) of drafting alone. Measurements only: nothing here asserts a time.
@@ -12,12 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..completion.engine import Engine
-from ..completion.generate import generate
+from ..completion.generate import PromptCache, generate
 from ..completion.request import CompletionRequest
-from ..completion.speculate import Speculation
+from ..completion.speculate import AGREEMENT, Recall, Speculation
 from ..model.model import Starcoder2
 
-WORKLOADS = ("overlap", "no_overlap")
+WORKLOADS = ("overlap", "no_overlap", "asked_again")
 
 
 def deleted_lines(document: str, count: int, max_tokens: int) -> list[CompletionRequest]:
@@ -61,6 +62,7 @@ def workloads(document: str, max_tokens: int, seed: int) -> dict[str, list[Compl
     return {
         "overlap": [*deleted_lines(document, 3, max_tokens), repeated_pattern(max_tokens)],
         "no_overlap": nothing_to_copy(4, max_tokens, seed),
+        "asked_again": [*deleted_lines(document, 3, max_tokens), repeated_pattern(max_tokens)],
     }
 
 
@@ -70,27 +72,53 @@ def _decode(
     n: int,
     speculation: Speculation | None,
     token_bytes: Sequence[bytes],
+    warm: tuple[PromptCache, Recall] | None = None,
 ) -> tuple[float, int]:
     """Seconds from the first new token to the last, and the tokens after the first (no stop tokens: random
     weights run to `n`). As in the CLI, only the tokenizer's ids are picked (a checkpoint's vocabulary can
-    be larger)."""
-    steps = generate(model, ids, max_new_tokens=n, speculation=speculation, token_bytes=token_bytes)
+    be larger). `warm`: a server's cache holding the prompt and what it remembers of earlier answers."""
+    cache, recall = warm or (None, None)
+    steps = generate(
+        model,
+        ids,
+        max_new_tokens=n,
+        speculation=speculation,
+        token_bytes=token_bytes,
+        cache=cache,
+        recall=recall,
+    )
     times = [time.perf_counter() for _ in steps]
     return times[-1] - times[0], len(times) - 1
 
 
-def measure(engine: Engine, requests: list[CompletionRequest], runs: int) -> dict[str, float]:
+def asked_before(model: Starcoder2, ids: tuple[int, ...], n: int, token_bytes: Sequence[bytes]):
+    """A warm server's state after answering `ids` once: the prompt in its cache, the answer recalled."""
+    cache = PromptCache(model, len(ids) + n)
+    answer = [
+        step.token for step in generate(model, ids, max_new_tokens=n, token_bytes=token_bytes, cache=cache)
+    ]
+    recall = Recall()
+    recall.add([*ids[-AGREEMENT:], *answer])
+    return cache, recall
+
+
+def measure(
+    engine: Engine, requests: list[CompletionRequest], runs: int, again: bool = False
+) -> dict[str, float]:
     """Decode rate with and without drafts (all tokens after each completion's first over all decode time,
-    interleaved runs after one warm-up of each), their ratio, and the drafts' acceptance."""
+    interleaved runs after one warm-up of each), their ratio, and the drafts' acceptance. `again`: each
+    request answered once before, as a warm server answers it again (its prompt cached, both ways)."""
     prompts = [(engine.prompt(r).ids, r.max_tokens) for r in requests]
+    token_bytes = engine.tokenizer.token_bytes
+    warm = [asked_before(engine.model, ids, n, token_bytes) if again else None for ids, n in prompts]
     seconds = {True: 0.0, False: 0.0}
     tokens = {True: 0, False: 0}
     counts = Speculation()
     for i in range(runs + 1):  # the first round warms up
         for speculate in (True, False):
-            for ids, n in prompts:
+            for (ids, n), state in zip(prompts, warm, strict=True):
                 speculation = Speculation() if speculate else None
-                elapsed, decoded = _decode(engine.model, ids, n, speculation, engine.tokenizer.token_bytes)
+                elapsed, decoded = _decode(engine.model, ids, n, speculation, token_bytes, state)
                 if i and speculation is not None:
                     counts.drafted += speculation.drafted
                     counts.accepted += speculation.accepted
@@ -118,7 +146,7 @@ def bench_speculation(
     """Every workload measured; `add(metric, engine, value)` records the figures in a report."""
     results = {}
     for name, requests in workloads(document, max_tokens, seed).items():
-        figures = measure(engine, requests, runs)
+        figures = measure(engine, requests, runs, again=name == "asked_again")
         add(f"decode_{name}_tok_s", "sc2", round(figures["speculate_tok_s"], 2))
         add(f"decode_{name}_tok_s", "sc2-no-speculate", round(figures["plain_tok_s"], 2))
         add(f"speculate_{name}_speedup", "sc2", round(figures["speedup"], 3))

@@ -35,7 +35,7 @@ def bench(
     runs: Annotated[int, typer.Option(help="Runs per figure (the median is reported).")] = 3,
     compile: Annotated[bool, typer.Option("--compile", help="Also time a torch.compile'd decode step.")] = False,
     edits: Annotated[bool, typer.Option("--edits", help="Also time a warm server: cold, repeat, after a one-line edit.")] = False,
-    speculate: Annotated[bool, typer.Option("--speculate", help="Also time speculative decoding, with and without, where completions overlap the file and where not.")] = False,
+    speculate: Annotated[bool, typer.Option("--speculate", help="Also time speculative decoding, with and without: where completions overlap the file, where not, and the first asked again of a warm server.")] = False,
     load: Annotated[bool, typer.Option("--load", help="Also time loading from disk and peak memory (fresh processes).")] = False,
     checkpoint_dtype: Annotated[str, typer.Option(help="With --shape --load: the file's dtype (the 3B repo is fp32).")] = "fp32",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sc2cli.bench import BenchOptions, run_bench
-from sc2cli.bench.speculate import deleted_lines, nothing_to_copy, repeated_pattern
+from sc2cli.bench.speculate import asked_before, deleted_lines, nothing_to_copy, repeated_pattern
 
 from ..checkpoints import write_tiny_model
 
@@ -37,13 +37,27 @@ def folder(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("specmodel"), seed=3)
 
 
-def test_the_report_has_both_workloads_with_and_without_drafts(folder):
+def test_the_report_has_every_workload_with_and_without_drafts(folder):
     options = BenchOptions(model=str(folder), prompt_lengths=(8,), decode_tokens=6, runs=1, speculate=True)
     results = run_bench(options).to_json()["results"]
-    for name in ("overlap", "no_overlap"):
+    assert results["speculate_asked_again_drafted_per_run"]["sc2"] > 0  # the first answers, recalled
+    for name in ("overlap", "no_overlap", "asked_again"):
         rates = results[f"decode_{name}_tok_s"]
         assert rates["sc2"] > 0 and rates["sc2-no-speculate"] > 0
         assert results[f"speculate_{name}_speedup"]["sc2"] == pytest.approx(
             rates["sc2"] / rates["sc2-no-speculate"], rel=0.02
         )
         assert 0 <= results[f"speculate_{name}_acceptance"]["sc2"] <= 1
+
+
+def test_asked_before_leaves_the_prompt_cached_and_the_answer_recalled(folder):
+    import sc2cli
+    from sc2cli.completion.generate import generate
+    from sc2cli.completion.speculate import AGREEMENT, SEPARATOR
+
+    model = sc2cli.load_model(folder, dtype="fp32", device="cpu")
+    ids = tuple(range(40, 80))
+    answer = [step.token for step in generate(model, ids, max_new_tokens=6)]
+    cache, recall = asked_before(model, ids, 6, ())
+    assert cache.tokens[: len(ids)] == list(ids)
+    assert recall.ids == [*ids[-AGREEMENT:], *answer, SEPARATOR]
