@@ -65,47 +65,37 @@ def draft_length(rate: float, costs: tuple[float, ...] | None, limit: int) -> in
 class Recall:
     """Token sequences from earlier requests (each a completion after its prompt's last tokens), apart,
     indexed as a Drafter indexes its own text: an n-gram maps to the position after its latest occurrence.
-    Past RECALL_TOKENS the older half is forgotten."""
+    Past `budget` tokens the older half is forgotten."""
 
     def __init__(self, sizes: tuple[int, ...] = NGRAM_SIZES, budget: int = RECALL_TOKENS) -> None:
         self.sizes = sizes
         self.budget = budget
-        self.ids: list[int] = []
+        self.ids: list[int] = []  # the sequences, oldest first, each followed by SEPARATOR
         self.follows: dict[tuple[int, ...], int] = {}
-        self._starts: list[int] = []  # where each sequence begins in `ids`
+        self._held: list[list[int]] = []
 
     def add(self, tokens: Sequence[int]) -> None:
-        tokens = list(tokens)[-self.budget + 1 :]
+        tokens = list(tokens)[-(self.budget - 1) :]
         if len(tokens) < 2:
             return
         if len(self.ids) + len(tokens) + 1 > self.budget:
-            self._forget(len(self.ids) + len(tokens) + 1 - self.budget)
+            self._forget(max(len(self.ids) + len(tokens) + 1 - self.budget, len(self.ids) // 2))
+        self._held.append(tokens)
         begin = len(self.ids)
-        self._starts.append(begin)
         self.ids += [*tokens, SEPARATOR]
         for end in range(begin + 1, len(self.ids) - 1):
             for n in self.sizes:
                 if end - n >= begin:
                     self.follows[tuple(self.ids[end - n : end])] = end
 
-    def _forget(self, needed: int) -> None:
-        """Drop the oldest sequences, at least `needed` tokens and half of what is held, then index the
-        rest again (so forgetting costs O(1) a token over time)."""
-        keep = [i for i in self._starts if i >= max(needed, len(self.ids) // 2)]
-        old = self.ids[keep[0] : -1] if keep else []
-        self.ids, self.follows, self._starts = [], {}, []
-        for sequence in _split(old):
+    def _forget(self, tokens: int) -> None:
+        """Drop the oldest sequences, `tokens` at least, and index the rest again (at least half of what
+        was held goes, so forgetting costs O(1) a token over time)."""
+        held, self._held, self.ids, self.follows = self._held, [], [], {}
+        while held and tokens > 0:
+            tokens -= len(held.pop(0)) + 1
+        for sequence in held:
             self.add(sequence)
-
-
-def _split(ids: list[int]) -> list[list[int]]:
-    out: list[list[int]] = [[]]
-    for token in ids:
-        if token == SEPARATOR:
-            out.append([])
-        else:
-            out[-1].append(token)
-    return out
 
 
 class Drafter:
@@ -198,8 +188,8 @@ class Drafter:
 
     def _agreement(self, source: list[int], start: int) -> int:
         """How many tokens before `start` in `source` equal the sequence's last ones (AGREEMENT at most)."""
-        m = 0
-        while m < min(AGREEMENT, start) and source[start - 1 - m] == self.ids[-1 - m]:
+        m, most = 0, min(AGREEMENT, start, len(self.ids))
+        while m < most and source[start - 1 - m] == self.ids[-1 - m]:
             m += 1
         return m
 

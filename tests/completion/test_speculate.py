@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import sc2cli
@@ -99,12 +99,20 @@ def test_recall_keeps_its_newest_sequences_within_its_budget():
     assert recall.ids == [*range(1061, 1100), SEPARATOR]
 
 
-@given(
-    st.lists(st.lists(st.integers(0, 5), max_size=12), max_size=5),
-    st.lists(st.integers(0, 5), min_size=1, max_size=30),
-    st.integers(1, 8),
-)
-def test_every_draft_is_what_followed_a_match_in_one_source(recalled, ids, limit):
+@st.composite
+def texts_and_recalled(draw) -> tuple[list[int], list[list[int]]]:
+    """A text and recalled sequences pieced together from slices of it and other tokens, so that
+    matches in both sources (and agreements of every length) are common."""
+    ids = draw(st.lists(st.integers(0, 3), min_size=1, max_size=30))
+    piece = st.tuples(st.integers(0, len(ids)), st.integers(0, len(ids))).map(lambda ab: ids[ab[0] : ab[1]])
+    parts = st.lists(st.one_of(piece, st.just(ids), st.lists(st.integers(0, 5), max_size=3)), max_size=4)
+    return ids, draw(st.lists(parts.map(lambda p: [t for part in p for t in part]), max_size=5))
+
+
+@given(texts_and_recalled(), st.integers(1, 8))
+@example(([0, 1, 2, 0, 1, 2], [[7, 0, 1, 2, 0, 1, 2, 9]]), 4)  # agreeing further back than the text goes
+def test_every_draft_is_what_followed_a_match_in_one_source(text, limit):
+    ids, recalled = text
     recall = Recall(budget=32)
     for sequence in recalled:
         recall.add(sequence)
