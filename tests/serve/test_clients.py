@@ -108,6 +108,18 @@ def test_llama_vscode_fim_reply_has_what_its_status_bar_reads(server):
     assert status == 200 and json.loads(raw)["content"] == ""
 
 
+def test_drafted_tokens_are_in_the_timings_as_llama_cpp_reports_them(server):
+    body = {"input_prefix": "def total(items):\n", "input_suffix": "\n", "n_predict": 12, "raw": True}
+    first, again = (json.loads(call(server["port"], "POST", "/infill", body)[1]) for _ in range(2))
+    assert again["content"] == first["content"]
+    t = again["timings"]  # drafted from the prompt and the first answer
+    assert (
+        is_int(t["draft_n"]) and is_int(t["draft_n_accepted"]) and 0 < t["draft_n_accepted"] <= t["draft_n"]
+    )
+    one = json.loads(call(server["port"], "POST", "/infill", {**body, "n_predict": 1})[1])
+    assert "draft_n" not in one["timings"]  # nothing drafted: left out, as llama.cpp does
+
+
 def test_no_limit_is_bounded_by_the_context(server):
     body = {"input_prefix": "def f(x):\n", "input_suffix": "", "n_predict": -1, "raw": True}
     reply = json.loads(call(server["port"], "POST", "/infill", body)[1])

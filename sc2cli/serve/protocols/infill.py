@@ -184,10 +184,14 @@ def _stopping_word(done: Done, asked: Asked | None) -> str:
 
 def timings(done: Done, predicted: int) -> dict[str, int | float]:
     """llama.cpp's timings: counts as integers (llama.vim prints them with %d), times in ms and rates as
-    finite numbers (0 where nothing was timed)."""
+    finite numbers (0 where nothing was timed); `draft_n` and `draft_n_accepted` where tokens were drafted,
+    as llama.cpp's server adds them for its speculative decoding."""
     prompt_n = done.usage.computed_tokens
     prompt_ms = done.timings.prefill_s * 1000
     predicted_ms = done.timings.decode_s * 1000 if predicted else 0.0
+    drafts = {}
+    if done.timings.drafted_tokens:
+        drafts = {"draft_n": done.timings.drafted_tokens, "draft_n_accepted": done.timings.accepted_tokens}
     return {
         "cache_n": done.usage.cached_tokens,
         "prompt_n": prompt_n,
@@ -198,6 +202,7 @@ def timings(done: Done, predicted: int) -> dict[str, int | float]:
         "predicted_ms": round(predicted_ms, 3),
         "predicted_per_token_ms": _ratio(predicted_ms, predicted),
         "predicted_per_second": _ratio(predicted * 1000, predicted_ms),
+        **drafts,
     }
 
 
