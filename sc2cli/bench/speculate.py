@@ -91,7 +91,9 @@ def _decode(
     return times[-1] - times[0], len(times) - 1
 
 
-def asked_before(model: Starcoder2, ids: tuple[int, ...], n: int, token_bytes: Sequence[bytes]):
+def asked_before(
+    model: Starcoder2, ids: tuple[int, ...], n: int, token_bytes: Sequence[bytes]
+) -> tuple[PromptCache, Recall]:
     """A warm server's state after answering `ids` once: the prompt in its cache, the answer recalled."""
     cache = PromptCache(model, len(ids) + n)
     answer = [
