@@ -99,7 +99,9 @@ class FakeEngine:
         return base + (f"?{query}" if query else "")
 
     def __enter__(self) -> FakeEngine:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, args=(0.02,), daemon=True
+        ).start()  # quick shutdown
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -89,7 +89,7 @@ def server():
     engine = FakeEngine()
     handler = type("Bound", (Handler,), {"service": Service(engine, ServerOptions())})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield httpd.server_address[1], engine
     httpd.shutdown()
