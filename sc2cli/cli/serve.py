@@ -21,6 +21,7 @@ from .options import (
     EngineOpt,
     EngineTokenOpt,
     ModelOpt,
+    NoSpeculateOpt,
     OfflineOpt,
     QuantizeOpt,
     RevisionOpt,
@@ -46,6 +47,7 @@ def serve_command(
     max_connections: Annotated[int, typer.Option(help="Connections served at once; more get a 503.")] = 64,
     cache_slots: Annotated[int, typer.Option(help="Prompt caches kept for reuse (one per file being edited).")] = 4,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 2048,
+    no_speculate: NoSpeculateOpt = False,
     verbose: VerboseOpt = False,
     engine: EngineOpt = None,
     engine_token: EngineTokenOpt = None,
@@ -101,6 +103,7 @@ def serve_command(
         max_tokens_limit=max_tokens_limit,
         request_timeout=request_timeout,
         max_connections=max_connections,
+        speculate=not no_speculate,
         log=(lambda message: print(f"sc2 serve: {message}", file=sys.stderr, flush=True))
         if verbose
         else (lambda m: None),

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class ServerOptions:
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    speculate: bool = True  # False: no request drafts (`sc2 serve --no-speculate`), whatever it asks
     log: Callable[[str], None] = lambda message: None
 
 
@@ -103,6 +104,8 @@ class Service:
         def cancelled() -> bool:
             return ticket.cancelled.is_set() or self.stopping.is_set() or disconnected()
 
+        if not self.options.speculate:
+            request = replace(request, speculate=False)
         self.active += 1
         try:
             if self.one_thread:
@@ -166,6 +169,7 @@ class Service:
             **self.engine.describe(),
             "key": self.options.key,
             "max_tokens_limit": self.options.max_tokens_limit,
+            "speculate": self.options.speculate,
             "pid": os.getpid(),
             "started": self.started,
         }
