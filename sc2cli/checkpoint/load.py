@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..model.attention import plan_prompt_attention, plan_single_query, select_backend
+from ..model.attention import select_backend
+from ..model.attention_probe import plan_prompt_attention, plan_single_query
 from ..model.device import resolve_device, resolve_dtype
 from ..model.kernels import ROLES, Choices, measure_again, tensors_reader
 from ..model.linear import (

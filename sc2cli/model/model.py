@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from . import native_attention
-from .attention import FEW_ROWS, AttentionFn, Visibility, attention_function, first_visible_key, visibility
+from .attention import (
+    FEW_ROWS,
+    AttentionFn,
+    Visibility,
+    attention_function,
+    first_visible_key,
+    rotate,
+    visibility,
+)
 from .config import ModelConfig
 from .native_table import Activation, gelu_tanh
 
@@ -90,13 +98,6 @@ class Rotary(nn.Module):
     def forward(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
         cos, sin = self.table(device, dtype)
         return cos[start : start + length, None, :], sin[start : start + length, None, :]  # (T, 1, hd)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, heads, hd): rotate-half form of RoPE, x cos + (-x2, x1) sin, as x cos + (x2, x1) signed_sin
-    with signed_sin = (-sin1, sin2) (`Rotary`): the same products, in four operations instead of seven
-    (a token's decode runs this twice per layer)."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -194,8 +195,8 @@ class Starcoder2(nn.Module):
 
     def set_attention(self, attn: str, single_query: str = "fused", prompt: str = "fused") -> None:
         """Switch every layer to another backend (already chosen by `attention.select_backend`), one-token
-        calls to `single_query`'s path (`attention.plan_single_query`), prompts to `prompt`'s
-        (`attention.plan_prompt_attention`)."""
+        calls to `single_query`'s path (`attention_probe.plan_single_query`), prompts to `prompt`'s
+        (`attention_probe.plan_prompt_attention`)."""
         self.attn_backend, self.single_query, self.prompt_attention = attn, single_query, prompt
         one_call = (
             single_query == "native"

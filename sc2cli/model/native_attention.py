@@ -15,12 +15,12 @@ import functools
 
 import torch
 
-from .attention import first_visible_key
+from .attention import first_visible_key, rotate
 from .native import _working, attention_library, attention_one  # the build machinery they share
 
 
 def rotate_attend_works() -> bool:
-    """Whether the one call runs here and gives, bit for bit, the output and cache of model.py's rotate,
+    """Whether the one call runs here and gives, bit for bit, the output and cache of attention.py's rotate,
     KVCache.store and `native.attention_one`."""
     return attention_library() is not None and _rotate_attend_agrees()
 
@@ -75,11 +75,9 @@ def rotate_attend(
 
 @functools.cache
 def _rotate_attend_agrees() -> bool:
-    """The one call against the operations it stands for (model.py's rotate and a cache slice assignment,
+    """The one call against the operations it stands for (attention.py's rotate and a cache slice assignment,
     then `attention_one` over the keys each token sees), bit for bit: outputs and cache alike, for a token
     and for drafts, with and without a window, after a cache of a few positions or none."""
-    from .model import rotate  # the model imports this module
-
     generator = torch.Generator().manual_seed(0)
     for H, n_kv, hd, start, T, window in (
         (4, 2, 64, 0, 1, None),

@@ -12,11 +12,11 @@ from sc2cli.model.attention import (
     eager_attention,
     first_visible_key,
     grouped_attention,
-    plan_single_query,
     sdpa_attention,
     select_backend,
     visibility,
 )
+from sc2cli.model.attention_probe import plan_single_query
 from sc2cli.model.config import ModelConfig
 
 
@@ -128,7 +128,7 @@ def test_single_query_plan_is_forced_measured_or_not_offered(monkeypatch):
     assert plan_single_query(config, "sdpa", cpu, bf16, measure=False) == "fused"  # tiny models: no probe
     measured = plan_single_query(config, "sdpa", cpu, bf16)  # timed here, remembered in the cache folder
     assert measured in ("fused", "grouped")
-    monkeypatch.setattr("sc2cli.model.attention._candidates", lambda *a: pytest.fail("re-measured"))
+    monkeypatch.setattr("sc2cli.model.attention_probe._candidates", lambda *a: pytest.fail("re-measured"))
     assert plan_single_query(config, "sdpa", cpu, bf16) == measured
 
 

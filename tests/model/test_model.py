@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import sc2cli
-from sc2cli.model.model import KVCache, Rotary, rotate
+from sc2cli.model.attention import rotate
+from sc2cli.model.model import KVCache, Rotary
 
 from ..checkpoints import hub_config, reference_model, state_dict_of, write_hub_checkpoint
 

@@ -10,19 +10,18 @@ import pytest
 import torch
 
 import sc2cli
-from sc2cli.model import attention, native
+from sc2cli.model import attention_probe, native
 from sc2cli.model import native_attention as one_call
 from sc2cli.model.attention import (
     FEW_ROWS,
-    PROBE_KEYS,
     Visibility,
     attention_function,
     first_visible_key,
     grouped_attention,
     native_attention,
-    plan_single_query,
     visibility,
 )
+from sc2cli.model.attention_probe import PROBE_KEYS, plan_single_query
 from sc2cli.model.config import ModelConfig
 
 from .test_native import assert_drafts_change_no_greedy_token, write_small_checkpoint
@@ -171,14 +170,12 @@ def test_the_token_probe_times_what_a_layer_runs(monkeypatch):
     """Each one-token candidate runs a layer's work from the projections on: the rotary embedding, the
     cache write and the attention, or sc2's one call for `native` where it agrees, and all give the same
     token."""
-    import sc2cli.model.model as model_module
-
     rotated, one = [], []
-    rotate, rotate_attend = model_module.rotate, one_call.rotate_attend
-    monkeypatch.setattr(model_module, "rotate", lambda *a: rotated.append(1) or rotate(*a))
+    rotate, rotate_attend = attention_probe.rotate, one_call.rotate_attend
+    monkeypatch.setattr(attention_probe, "rotate", lambda *a: rotated.append(1) or rotate(*a))
     monkeypatch.setattr(one_call, "rotate_attend", lambda *a: one.append(a[7]) or rotate_attend(*a))
     available = ["fused", "grouped"] + (["native"] if native.attention_one_works() else [])
-    made = attention._candidates(1, 4, 2, 64, torch.bfloat16, available)
+    made = attention_probe._candidates(1, 4, 2, 64, torch.bfloat16, available)
     assert sorted(made) == sorted(available)
     outs = {}
     for name, run in made.items():  # the separate paths first: the one call's cache write is not theirs

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import sc2cli.model.model as model_module
 from sc2cli.model import native
 from sc2cli.model import native_attention as one_call
-from sc2cli.model.attention import first_visible_key, native_attention, visibility
+from sc2cli.model.attention import first_visible_key, native_attention, rotate, visibility
 from sc2cli.model.config import ModelConfig
-from sc2cli.model.model import KVCache, Starcoder2, rotate
+from sc2cli.model.model import KVCache, Starcoder2
 
 needs_kernel = pytest.mark.skipif(
     not native.attention_one_works(),
@@ -121,7 +121,7 @@ def test_the_self_check_notices_a_rotation_rounded_once(monkeypatch):
         both = x.float() * cos.float() + x.roll(x.shape[-1] // 2, dims=-1).float() * signed_sin.float()
         return both.to(x.dtype)
 
-    monkeypatch.setattr(model_module, "rotate", rounded_once)
+    monkeypatch.setattr(one_call, "rotate", rounded_once)
     one_call._rotate_attend_agrees.cache_clear()
     try:
         assert not one_call.rotate_attend_works()

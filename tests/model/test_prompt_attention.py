@@ -14,10 +14,10 @@ from sc2cli.model.attention import (
     FEW_ROWS,
     attention_function,
     first_visible_key,
-    plan_prompt_attention,
     sdpa_attention,
     visibility,
 )
+from sc2cli.model.attention_probe import plan_prompt_attention
 
 from .test_native import write_small_checkpoint
 from .test_native_attention import exact, heads_config, needs_kernel

@@ -328,11 +328,13 @@ def test_no_speculate_turns_drafts_off_and_sigterm_stops_cleanly(server, model, 
     runtime = tmp_path / "rt"
     proc, info = start_server(model, runtime, "--no-socket", "--no-speculate")
     body = {"input_prefix": "def total(items):\n", "input_suffix": "\n", "n_predict": 12, "raw": True}
-    for port, drafts in ((server["port"], True), (info["port"], False)):
-        assert json.loads(call(port, "GET", "/v1/info")[1])["speculate"] is drafts
-        replies = [json.loads(call(port, "POST", "/infill", body)[1]) for _ in range(2)]
-        assert ("draft_n" in replies[1]["timings"]) is drafts  # the same answer asked again
-        assert replies[0]["content"] == replies[1]["content"]
-    proc.send_signal(signal.SIGTERM)
+    try:
+        for port, drafts in ((server["port"], True), (info["port"], False)):
+            assert json.loads(call(port, "GET", "/v1/info")[1])["speculate"] is drafts
+            replies = [json.loads(call(port, "POST", "/infill", body)[1]) for _ in range(2)]
+            assert ("draft_n" in replies[1]["timings"]) is drafts  # the same answer asked again
+            assert replies[0]["content"] == replies[1]["content"]
+    finally:  # stopped whatever happened above
+        proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert "Traceback" not in proc.stderr.read()
