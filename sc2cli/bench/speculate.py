@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from ..completion.engine import Engine
 from ..completion.generate import PromptCache, generate
 from ..completion.request import CompletionRequest
-from ..completion.speculate import AGREEMENT, Recall, Speculation
+from ..completion.speculate import Recall, Speculation
 from ..model.model import Starcoder2
 
 WORKLOADS = ("overlap", "no_overlap", "asked_again")
@@ -59,11 +59,8 @@ def nothing_to_copy(count: int, max_tokens: int, seed: int) -> list[CompletionRe
 
 
 def workloads(document: str, max_tokens: int, seed: int) -> dict[str, list[CompletionRequest]]:
-    return {
-        "overlap": [*deleted_lines(document, 3, max_tokens), repeated_pattern(max_tokens)],
-        "no_overlap": nothing_to_copy(4, max_tokens, seed),
-        "asked_again": [*deleted_lines(document, 3, max_tokens), repeated_pattern(max_tokens)],
-    }
+    overlap = [*deleted_lines(document, 3, max_tokens), repeated_pattern(max_tokens)]
+    return {"overlap": overlap, "no_overlap": nothing_to_copy(4, max_tokens, seed), "asked_again": overlap}
 
 
 def _decode(
@@ -100,7 +97,7 @@ def asked_before(
         step.token for step in generate(model, ids, max_new_tokens=n, token_bytes=token_bytes, cache=cache)
     ]
     recall = Recall()
-    recall.add([*ids[-AGREEMENT:], *answer])
+    recall.remember(ids, answer)
     return cache, recall
 
 

@@ -17,7 +17,7 @@ from .events import Event, Usage
 from .generate import NonFiniteLogits, PromptCache, Step, common_prefix, generate
 from .prompt import Prompt
 from .request import CompletionRequest, prompt_for
-from .speculate import AGREEMENT, Recall, Speculation
+from .speculate import Recall, Speculation
 from .tokenizer import Tokenizer
 
 RECALLED_REPOS = 8  # repositories whose completions a warm server keeps to draft from; least recent goes
@@ -120,7 +120,7 @@ class Engine:
         finally:
             steps.close()
             if recall is not None:
-                recall.add([*prompt.ids[-AGREEMENT:], *generated])
+                recall.remember(prompt.ids, generated)
         stopped = cancelled is not None and not assembly.done and cancelled()
         ended = time.perf_counter()
         event = assembly.close(stopped)

@@ -88,6 +88,10 @@ class Recall:
                 if end - n >= begin:
                     self.follows[tuple(self.ids[end - n : end])] = end
 
+    def remember(self, prompt: Sequence[int], answer: Sequence[int]) -> None:
+        """A request's answer, after its prompt's last AGREEMENT tokens (what `Drafter` compares)."""
+        self.add([*prompt[-AGREEMENT:], *answer])
+
     def _forget(self, tokens: int) -> None:
         """Drop the oldest sequences, `tokens` at least, and index the rest again (at least half of what
         was held goes, so forgetting costs O(1) a token over time)."""
